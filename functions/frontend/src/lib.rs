@@ -1,0 +1,311 @@
+//! `frontend`: the shop's HTTP API.
+//!
+//! - `POST /order {"item","quantity","user"}`: validates, gives the order a UUID, commits the
+//!   request with its `order-requested` event in the outbox (and the `Idempotency-Key`, if
+//!   given) in one transaction, publishes to `frontend`, answers 202.
+//! - `GET /order/{id}`: the saga's status.
+
+pub mod validate;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::FutureExt;
+use jiff::Timestamp;
+use saga_infra::Runtime;
+use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus};
+use saga_infra::outbox;
+use saga_infra::store::{
+    IdempotencyRecord, OrderDoc, OutboxRecord, RequestDoc, StoreError, collections, expiry_from,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use validate::FieldError;
+
+pub fn router(runtime: Runtime) -> Router {
+    Router::new()
+        .route("/order", post(create_order))
+        .route("/order/{id}", get(get_order))
+        .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
+        .with_state(runtime)
+}
+
+/// The frontend's one error type: each variant maps to one status, logged once.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
+    #[error("{message}")]
+    Body { status: StatusCode, message: String },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("Idempotency-Key was already used with a different request")]
+    KeyReused,
+    #[error("no order {0}")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let field = |e: &FieldError| serde_json::json!({"field": e.field, "message": e.message});
+        let (status, body) = match &self {
+            ApiError::Invalid(errors) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": errors.iter().map(|e| format!("{} {}", e.field, e.message))
+                        .collect::<Vec<_>>().join("; "),
+                    "field": errors.first().map(|e| e.field.clone()),
+                    "fields": errors.iter().map(field).collect::<Vec<_>>(),
+                }),
+            ),
+            ApiError::Body { status, message } => (
+                *status,
+                serde_json::json!({"error": message, "field": "body"}),
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                serde_json::json!({"error": self.to_string(), "field": "Content-Type"}),
+            ),
+            ApiError::KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"error": self.to_string(), "field": "Idempotency-Key"}),
+            ),
+            ApiError::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": self.to_string(), "field": "id"}),
+            ),
+            ApiError::Store(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "the order store is unavailable, retry later"}),
+            ),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::info!(error = %self, %status, "request rejected");
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct OrderView {
+    pub order_id: Uuid,
+    pub status: OrderStatus,
+    pub item: String,
+    pub quantity: i64,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub amount: Option<i64>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl OrderView {
+    fn pending(id: Uuid, request: RequestDoc) -> OrderView {
+        OrderView {
+            order_id: id,
+            status: OrderStatus::Pending,
+            item: request.item,
+            quantity: request.quantity,
+            user: request.user,
+            reason: None,
+            amount: None,
+            created_at: request.created_at,
+            updated_at: request.created_at,
+        }
+    }
+
+    fn of(id: Uuid, order: OrderDoc) -> OrderView {
+        OrderView {
+            order_id: id,
+            status: order.status,
+            item: order.item,
+            quantity: order.quantity,
+            user: order.user,
+            reason: order.reason.map(|r| r.to_string()),
+            amount: order.amount,
+            created_at: order.created_at,
+            updated_at: order.updated_at,
+        }
+    }
+}
+
+/// The result of the accepting transaction.
+enum Accepted {
+    New(Box<OutboxRecord>),
+    /// The key was seen with the same request: this is its order.
+    Replay {
+        order_id: Uuid,
+        event_id: String,
+    },
+    KeyReused,
+}
+
+async fn create_order(
+    State(rt): State<Runtime>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|r| ApiError::Body {
+        status: r.status(),
+        message: r.body_text(),
+    })?;
+    let order = validate::order(&body, rt.config.fault_injection).map_err(ApiError::Invalid)?;
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| validate::idempotency_key(v.as_bytes()))
+        .transpose()
+        .map_err(|e| ApiError::Invalid(vec![e]))?;
+
+    let order_id = Uuid::new_v4();
+    let fingerprint = serde_json::to_string(&order).unwrap_or_default();
+    let accepted = rt
+        .store
+        .transaction("accept order", |mut tx| {
+            let (order, key, fingerprint) = (order.clone(), key.clone(), fingerprint.clone());
+            async move {
+                let now = Timestamp::now();
+                if let Some(key) = &key {
+                    if let Some(seen) = tx
+                        .get::<IdempotencyRecord>(collections::IDEMPOTENCY_KEYS, key)
+                        .await?
+                    {
+                        return Ok(match Uuid::parse_str(&seen.order_id) {
+                            Ok(id) if seen.fingerprint == fingerprint => Accepted::Replay {
+                                order_id: id,
+                                event_id: requested_event_id(id, &order),
+                            },
+                            _ => Accepted::KeyReused,
+                        });
+                    }
+                    tx.set(
+                        collections::IDEMPOTENCY_KEYS,
+                        key,
+                        &IdempotencyRecord {
+                            order_id: order_id.to_string(),
+                            fingerprint,
+                            created_at: now,
+                            expire_at: expiry_from(now),
+                        },
+                    )?;
+                }
+                tx.set(
+                    collections::REQUESTS,
+                    &order_id.to_string(),
+                    &RequestDoc {
+                        order_id: order_id.to_string(),
+                        item: order.item.clone(),
+                        quantity: i64::from(order.quantity),
+                        user: order.user.clone(),
+                        payment_error: order.payment_error,
+                        idempotency_key: key.clone(),
+                        created_at: now,
+                    },
+                )?;
+                let event = Event::new(order_id, EventBody::OrderRequested { order });
+                let record = outbox::record(&event, now);
+                outbox::stage(&mut tx, &record)?;
+                Ok(Accepted::New(Box::new(record)))
+            }
+            .boxed()
+        })
+        .await?;
+
+    let (order_id, replayed) = match accepted {
+        Accepted::KeyReused => return Err(ApiError::KeyReused),
+        Accepted::New(record) => {
+            // The order is committed: if publishing fails now, a redelivery-free path
+            // (the outbox sweep) publishes it; the user's order is accepted either way.
+            if let Err(error) = outbox::deliver(&rt.store, &rt.publisher, &record).await {
+                tracing::warn!(%error, %order_id, "order accepted, publish deferred to the outbox sweep");
+            }
+            (order_id, false)
+        }
+        Accepted::Replay { order_id, event_id } => {
+            if let Err(error) = outbox::deliver_pending(&rt.store, &rt.publisher, &event_id).await {
+                tracing::warn!(%error, %order_id, "replayed order still waiting to be published");
+            }
+            (order_id, true)
+        }
+    };
+    let view = find_order(&rt, order_id)
+        .await?
+        .ok_or(ApiError::NotFound(order_id))?;
+    tracing::info!(%order_id, replayed, "order accepted");
+    let location = format!("/order/{order_id}");
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn requested_event_id(order_id: Uuid, order: &OrderDetails) -> String {
+    Event::id_for(
+        order_id,
+        &EventBody::OrderRequested {
+            order: order.clone(),
+        },
+    )
+    .to_string()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        })
+}
+
+async fn get_order(
+    State(rt): State<Runtime>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::Invalid(vec![FieldError {
+            field: "id".into(),
+            message: "must be an order id (a UUID)".into(),
+        }])
+    })?;
+    find_order(&rt, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound(id))
+}
+
+/// The order if the saga has created it, else the accepted request as PENDING.
+async fn find_order(rt: &Runtime, id: Uuid) -> Result<Option<OrderView>, StoreError> {
+    let key = id.to_string();
+    if let Some(order) = rt.store.get::<OrderDoc>(collections::ORDERS, &key).await? {
+        return Ok(Some(OrderView::of(id, order)));
+    }
+    Ok(rt
+        .store
+        .get::<RequestDoc>(collections::REQUESTS, &key)
+        .await?
+        .map(|r| OrderView::pending(id, r)))
+}

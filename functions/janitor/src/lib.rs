@@ -1,0 +1,312 @@
+//! `janitor`: consumes `error` and compensates, once per order: releases exactly the stock
+//! that was reserved, refunds a captured payment, and marks the order COMPENSATED with the
+//! reason. Records keep their final status (RELEASED, REFUNDED): the history is the audit trail.
+
+use axum::Router;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use saga_infra::Runtime;
+use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
+use saga_infra::step::{self, Outcome, Step};
+use saga_infra::store::{
+    ItemDoc, OrderDoc, PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus, StoreError,
+    Tx, UserDoc, collections,
+};
+
+/// What compensating an order takes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    Compensate {
+        /// Stock to give back: (item, quantity).
+        release: Option<(String, i64)>,
+        /// Money to give back: (user, amount).
+        refund: Option<(String, i64)>,
+        reason: FailureReason,
+    },
+    Skip(String),
+}
+
+pub fn plan(
+    order: Option<&OrderDoc>,
+    reservation: Option<&ReservationDoc>,
+    payment: Option<&PaymentDoc>,
+    reason: FailureReason,
+) -> Plan {
+    if let Some(order) = order {
+        if order.status.is_terminal() {
+            return Plan::Skip(format!("order is {}: nothing to compensate", order.status));
+        }
+    }
+    let release = reservation
+        .filter(|r| r.status == ReservationStatus::Reserved)
+        .map(|r| (r.item.clone(), r.quantity));
+    let refund = payment
+        .filter(|p| p.status == PaymentStatus::Captured)
+        .map(|p| (p.user.clone(), p.amount));
+    Plan::Compensate {
+        release,
+        refund,
+        // The first failure is the reason the user sees.
+        reason: order.and_then(|o| o.reason).unwrap_or(reason),
+    }
+}
+
+pub struct JanitorStep;
+
+impl Step for JanitorStep {
+    const NAME: &'static str = "janitor";
+    const ACCEPTS: &'static [&'static str] = &["saga-failed"];
+
+    fn run<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_, '_>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        async move {
+            let EventBody::SagaFailed {
+                order: details,
+                reason,
+                ..
+            } = &event.body
+            else {
+                return Ok(Outcome::skip("not a saga-failed event"));
+            };
+            let id = event.order_id.to_string();
+            let order: Option<OrderDoc> = tx.get(collections::ORDERS, &id).await?;
+            let reservation: Option<ReservationDoc> =
+                tx.get(collections::RESERVATIONS, &id).await?;
+            let payment: Option<PaymentDoc> = tx.get(collections::PAYMENTS, &id).await?;
+            let (release, refund, reason) = match plan(
+                order.as_ref(),
+                reservation.as_ref(),
+                payment.as_ref(),
+                *reason,
+            ) {
+                Plan::Skip(why) => return Ok(Outcome::skip(why)),
+                Plan::Compensate {
+                    release,
+                    refund,
+                    reason,
+                } => (release, refund, reason),
+            };
+            // All reads before any write: a Firestore transaction requires it.
+            let item: Option<ItemDoc> = match &release {
+                Some((item, _)) => tx.get(collections::INVENTORY, item).await?,
+                None => None,
+            };
+            let user: Option<UserDoc> = match &refund {
+                Some((user, _)) => tx.get(collections::USERS, user).await?,
+                None => None,
+            };
+            let now = Timestamp::now();
+            let mut done = Vec::new();
+            if let (Some((name, quantity)), Some(item), Some(reservation)) =
+                (&release, item, reservation)
+            {
+                tx.set(
+                    collections::INVENTORY,
+                    name,
+                    &ItemDoc {
+                        stock: item.stock + quantity,
+                        ..item
+                    },
+                )?;
+                tx.set(
+                    collections::RESERVATIONS,
+                    &id,
+                    &ReservationDoc {
+                        status: ReservationStatus::Released,
+                        updated_at: now,
+                        ..reservation
+                    },
+                )?;
+                done.push(format!("released {quantity} {name}"));
+            }
+            if let (Some((name, amount)), Some(user), Some(payment)) = (&refund, user, payment) {
+                tx.set(
+                    collections::USERS,
+                    name,
+                    &UserDoc {
+                        balance: user.balance + amount,
+                    },
+                )?;
+                tx.set(
+                    collections::PAYMENTS,
+                    &id,
+                    &PaymentDoc {
+                        status: PaymentStatus::Refunded,
+                        updated_at: now,
+                        ..payment
+                    },
+                )?;
+                done.push(format!("refunded {amount} to {name}"));
+            }
+            tx.set(
+                collections::ORDERS,
+                &id,
+                &compensated(order, &id, details, reason, now),
+            )?;
+            done.push(format!("compensated ({reason})"));
+            Ok(Outcome::skip(done.join(", ")))
+        }
+        .boxed()
+    }
+}
+
+/// The order marked COMPENSATED; if the failure overtook the order's creation, a tombstone so
+/// that the late creation finds it and does nothing.
+fn compensated(
+    order: Option<OrderDoc>,
+    id: &str,
+    details: &OrderDetails,
+    reason: FailureReason,
+    now: Timestamp,
+) -> OrderDoc {
+    let base = order.unwrap_or_else(|| OrderDoc {
+        order_id: id.to_owned(),
+        item: details.item.clone(),
+        quantity: i64::from(details.quantity),
+        user: details.user.clone(),
+        status: OrderStatus::Failed,
+        reason: None,
+        amount: None,
+        created_at: now,
+        updated_at: now,
+    });
+    OrderDoc {
+        status: OrderStatus::Compensated,
+        reason: Some(reason),
+        updated_at: now,
+        ..base
+    }
+}
+
+pub fn router(runtime: Runtime) -> Router {
+    step::router(runtime, JanitorStep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: OrderStatus, reason: Option<FailureReason>) -> OrderDoc {
+        OrderDoc {
+            order_id: "o".into(),
+            item: "widget".into(),
+            quantity: 5,
+            user: "jack".into(),
+            status,
+            reason,
+            amount: None,
+            created_at: Timestamp::UNIX_EPOCH,
+            updated_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn reservation(status: ReservationStatus) -> ReservationDoc {
+        ReservationDoc {
+            order_id: "o".into(),
+            item: "widget".into(),
+            quantity: 5,
+            status,
+            updated_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn payment(status: PaymentStatus) -> PaymentDoc {
+        PaymentDoc {
+            order_id: "o".into(),
+            user: "jack".into(),
+            amount: 50,
+            status,
+            updated_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn given_a_stock_failure_then_only_mark_compensated() {
+        let o = order(OrderStatus::Failed, Some(FailureReason::InsufficientStock));
+        let p = plan(Some(&o), None, None, FailureReason::InsufficientStock);
+        assert_eq!(
+            p,
+            Plan::Compensate {
+                release: None,
+                refund: None,
+                reason: FailureReason::InsufficientStock
+            }
+        );
+    }
+
+    #[test]
+    fn given_a_payment_failure_then_release_exactly_the_reserved_stock() {
+        let o = order(OrderStatus::Failed, Some(FailureReason::PaymentError));
+        let r = reservation(ReservationStatus::Reserved);
+        let p = plan(Some(&o), Some(&r), None, FailureReason::PaymentError);
+        assert_eq!(
+            p,
+            Plan::Compensate {
+                release: Some(("widget".into(), 5)),
+                refund: None,
+                reason: FailureReason::PaymentError
+            }
+        );
+    }
+
+    #[test]
+    fn given_a_captured_payment_then_refund_it_and_never_release_twice() {
+        let o = order(OrderStatus::InventoryReserved, None);
+        let r = reservation(ReservationStatus::Released);
+        let pay = payment(PaymentStatus::Captured);
+        let p = plan(Some(&o), Some(&r), Some(&pay), FailureReason::Timeout);
+        assert_eq!(
+            p,
+            Plan::Compensate {
+                release: None,
+                refund: Some(("jack".into(), 50)),
+                reason: FailureReason::Timeout
+            }
+        );
+    }
+
+    #[test]
+    fn given_a_completed_or_compensated_order_then_do_nothing() {
+        for status in [OrderStatus::Completed, OrderStatus::Compensated] {
+            let p = plan(
+                Some(&order(status, None)),
+                None,
+                None,
+                FailureReason::Timeout,
+            );
+            assert!(matches!(p, Plan::Skip(_)), "{status}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn given_no_order_yet_then_compensate_into_a_tombstone() {
+        let details = OrderDetails {
+            item: "widget".into(),
+            quantity: 5,
+            user: "jack".into(),
+            payment_error: false,
+        };
+        let p = plan(None, None, None, FailureReason::Timeout);
+        assert!(matches!(
+            p,
+            Plan::Compensate {
+                release: None,
+                refund: None,
+                ..
+            }
+        ));
+        let doc = compensated(
+            None,
+            "o",
+            &details,
+            FailureReason::Timeout,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(doc.status, OrderStatus::Compensated);
+        assert_eq!(doc.reason, Some(FailureReason::Timeout));
+    }
+}

@@ -1,0 +1,8 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    saga_infra::runtime::main(
+        saga_infra::topology::Function::Janitor,
+        saga_janitor::router,
+    )
+    .await
+}

@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    saga_infra::runtime::main(saga_infra::topology::Function::Order, saga_order::router).await
+}

@@ -1,0 +1,180 @@
+//! A function's settings, read once from the environment at start.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `PORT` | port to listen on (Cloud Run sets it) | the function's local port |
+//! | `GOOGLE_CLOUD_PROJECT` | project id | `saga-local` on the emulators, required otherwise |
+//! | `PUBSUB_EMULATOR_HOST` | `host:port` of the Pub/Sub emulator | Google Cloud |
+//! | `FIRESTORE_EMULATOR_HOST` | `host:port` of the Firestore emulator | Google Cloud |
+//! | `SAGA_FAULT_INJECTION` | honour the `payment-error` fault switch (`true`/`false`) | `false` |
+//! | `SAGA_BIND` | address to listen on | `127.0.0.1` on the emulators, `0.0.0.0` otherwise |
+
+use std::net::IpAddr;
+
+use crate::topology::Function;
+
+pub const DEFAULT_LOCAL_PROJECT: &str = "saga-local";
+
+/// Where a Google service is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// An emulator at `host:port`, without credentials.
+    Emulator(String),
+    /// Google Cloud, with Application Default Credentials.
+    Cloud,
+}
+
+impl Endpoint {
+    pub fn is_emulator(&self) -> bool {
+        matches!(self, Endpoint::Emulator(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub project_id: String,
+    pub pubsub: Endpoint,
+    pub firestore: Endpoint,
+    pub fault_injection: bool,
+    pub bind: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name}={value:?} is not valid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("GOOGLE_CLOUD_PROJECT must be set when not running on the emulators")]
+    MissingProject,
+}
+
+impl Config {
+    /// A configuration for the emulators (used by `saga up` and the tests).
+    pub fn emulators(project_id: &str, pubsub_host: &str, firestore_host: &str) -> Config {
+        Config {
+            project_id: project_id.to_owned(),
+            pubsub: Endpoint::Emulator(pubsub_host.to_owned()),
+            firestore: Endpoint::Emulator(firestore_host.to_owned()),
+            fault_injection: false,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+        }
+    }
+
+    pub fn from_env(function: Function) -> Result<Config, ConfigError> {
+        Config::from_vars(function, |name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `var`, so the rules can be tested without touching the
+    /// process environment.
+    pub fn from_vars(
+        function: Function,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let endpoint = |name| set(name).map_or(Endpoint::Cloud, Endpoint::Emulator);
+        let pubsub = endpoint("PUBSUB_EMULATOR_HOST");
+        let firestore = endpoint("FIRESTORE_EMULATOR_HOST");
+        let local = pubsub.is_emulator() && firestore.is_emulator();
+        let project_id = match set("GOOGLE_CLOUD_PROJECT") {
+            Some(p) => p,
+            None if local => DEFAULT_LOCAL_PROJECT.to_owned(),
+            None => return Err(ConfigError::MissingProject),
+        };
+        let port = match set("PORT") {
+            None => function.default_port(),
+            Some(value) => value.parse().map_err(|_| ConfigError::Invalid {
+                name: "PORT",
+                value,
+                reason: "expected a port number",
+            })?,
+        };
+        let fault_injection = match set("SAGA_FAULT_INJECTION").as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "SAGA_FAULT_INJECTION",
+                    value: other.to_owned(),
+                    reason: "expected true or false",
+                });
+            }
+        };
+        let bind = match set("SAGA_BIND") {
+            None if local => IpAddr::from([127, 0, 0, 1]),
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(value) => value.parse().map_err(|_| ConfigError::Invalid {
+                name: "SAGA_BIND",
+                value,
+                reason: "expected an IP address",
+            })?,
+        };
+        Ok(Config {
+            project_id,
+            pubsub,
+            firestore,
+            fault_injection,
+            bind,
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_vars(Function::Inventory, |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn on_the_emulators_everything_has_a_local_default() {
+        let c = config(&[
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+            ("FIRESTORE_EMULATOR_HOST", "127.0.0.1:8086"),
+        ])
+        .unwrap();
+        assert_eq!(c.project_id, "saga-local");
+        assert_eq!(c.port, 8082);
+        assert_eq!(c.bind, IpAddr::from([127, 0, 0, 1]));
+        assert!(!c.fault_injection);
+        assert_eq!(c.pubsub, Endpoint::Emulator("127.0.0.1:8085".into()));
+    }
+
+    #[test]
+    fn in_the_cloud_the_project_is_required_and_port_comes_from_cloud_run() {
+        assert_eq!(config(&[]), Err(ConfigError::MissingProject));
+        let c = config(&[("GOOGLE_CLOUD_PROJECT", "shop"), ("PORT", "9000")]).unwrap();
+        assert_eq!(
+            (c.port, c.pubsub, c.firestore),
+            (9000, Endpoint::Cloud, Endpoint::Cloud)
+        );
+        assert_eq!(c.bind, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = config(&[("GOOGLE_CLOUD_PROJECT", "p"), ("PORT", "eighty")]).unwrap_err();
+        assert!(e.to_string().contains("PORT"));
+        let e = config(&[
+            ("GOOGLE_CLOUD_PROJECT", "p"),
+            ("SAGA_FAULT_INJECTION", "maybe"),
+        ]);
+        assert!(e.unwrap_err().to_string().contains("SAGA_FAULT_INJECTION"));
+        let c = config(&[
+            ("GOOGLE_CLOUD_PROJECT", "p"),
+            ("SAGA_FAULT_INJECTION", "true"),
+        ]);
+        assert!(c.unwrap().fault_injection);
+    }
+}

@@ -1,0 +1,22 @@
+//! The shared runtime of the saga's functions.
+//!
+//! - [`topology`]: topics, subscriptions and who consumes what, defined once;
+//! - [`events`]: the event contracts and the order's status machine;
+//! - [`push`]: the Pub/Sub push envelope;
+//! - [`store`]: Firestore documents and transactions;
+//! - [`outbox`] and [`publisher`]: events committed with their effect, published after;
+//! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
+//! - [`runtime`], [`config`], [`telemetry`]: what a function's `main` needs.
+
+pub mod config;
+pub mod events;
+pub mod outbox;
+pub mod publisher;
+pub mod push;
+pub mod runtime;
+pub mod step;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+
+pub use runtime::Runtime;

@@ -1,0 +1,83 @@
+//! The transactional outbox: an event is written in the same transaction as the effect that
+//! caused it, published after commit, then marked published. Whoever finds an unpublished
+//! record (a redelivery of the same push, or the sweep) publishes it again with the same id.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+use crate::events::Event;
+use crate::publisher::{EventPublisher, PublishError};
+use crate::store::{OutboxRecord, Store, StoreError, Tx, collections, expiry_from};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("event published but not marked published: {0}")]
+    Mark(#[from] StoreError),
+}
+
+/// The outbox record of `event`, not yet published.
+pub fn record(event: &Event, now: Timestamp) -> OutboxRecord {
+    OutboxRecord {
+        event_id: event.event_id.to_string(),
+        order_id: event.order_id.to_string(),
+        topic: event.body.topic().to_owned(),
+        payload: serde_json::to_string(event).unwrap_or_default(),
+        attributes: event
+            .attributes()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<BTreeMap<_, _>>(),
+        published: false,
+        created_at: now,
+        published_at: None,
+        expire_at: expiry_from(now),
+    }
+}
+
+/// Queues the record on the transaction.
+pub fn stage(tx: &mut Tx<'_, '_>, record: &OutboxRecord) -> Result<(), StoreError> {
+    tx.set(collections::OUTBOX, &record.event_id, record)
+}
+
+/// Publishes a committed record and marks it published. Publishing twice is possible (a crash
+/// between the two, or two redeliveries at once) and harmless: the event id is the same.
+pub async fn deliver(
+    store: &Store,
+    publisher: &EventPublisher,
+    record: &OutboxRecord,
+) -> Result<String, DeliverError> {
+    let message_id = publisher.publish(record).await?;
+    let published = OutboxRecord {
+        published: true,
+        published_at: Some(Timestamp::now()),
+        ..record.clone()
+    };
+    store
+        .set(collections::OUTBOX, &record.event_id, &published)
+        .await?;
+    tracing::info!(
+        event_id = %record.event_id,
+        topic = %record.topic,
+        message_id,
+        "event published"
+    );
+    Ok(message_id)
+}
+
+/// Publishes the record with this id if it is still pending.
+pub async fn deliver_pending(
+    store: &Store,
+    publisher: &EventPublisher,
+    event_id: &str,
+) -> Result<(), DeliverError> {
+    match store
+        .get::<OutboxRecord>(collections::OUTBOX, event_id)
+        .await?
+    {
+        Some(record) if !record.published => deliver(store, publisher, &record).await.map(drop),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,140 @@
+//! The Pub/Sub push envelope: what Pub/Sub POSTs to a push endpoint, and its decoding into an
+//! [`Event`]. Decoding never panics: anything that is not a valid envelope carrying a valid
+//! event is a [`Poison`] reason, and the runtime parks it.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+
+use crate::events::Event;
+
+/// The JSON body of a push delivery.
+#[derive(Debug, Deserialize)]
+pub struct PushEnvelope {
+    #[serde(default)]
+    pub subscription: String,
+    pub message: PushedMessage,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PushedMessage {
+    /// Base64 of the message data.
+    #[serde(default)]
+    pub data: String,
+    #[serde(default)]
+    pub attributes: HashMap<String, String>,
+    #[serde(rename = "messageId", alias = "message_id")]
+    pub message_id: String,
+    #[serde(rename = "publishTime", alias = "publish_time", default)]
+    pub publish_time: Option<String>,
+    /// Sent by Google Cloud when the subscription has a dead-letter policy; not by the emulator.
+    #[serde(rename = "deliveryAttempt", alias = "delivery_attempt", default)]
+    pub delivery_attempt: Option<i32>,
+}
+
+/// Why a delivery can never succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    pub reason: String,
+    /// The message id, when the envelope was readable enough to have one.
+    pub message_id: Option<String>,
+}
+
+/// A decoded delivery.
+#[derive(Debug)]
+pub struct Delivery {
+    pub envelope: PushEnvelope,
+    pub event: Event,
+}
+
+/// Decodes a push body into its envelope and event.
+pub fn decode(body: &[u8]) -> Result<Delivery, Poison> {
+    let envelope: PushEnvelope = serde_json::from_slice(body).map_err(|e| Poison {
+        reason: format!("not a Pub/Sub push envelope: {e}"),
+        message_id: None,
+    })?;
+    let poison = |reason: String| Poison {
+        reason,
+        message_id: Some(envelope.message.message_id.clone()),
+    };
+    let data = STANDARD
+        .decode(envelope.message.data.as_bytes())
+        .map_err(|e| poison(format!("message data is not base64: {e}")))?;
+    let event: Event = serde_json::from_slice(&data)
+        .map_err(|e| poison(format!("message data is not a saga event: {e}")))?;
+    Ok(Delivery { envelope, event })
+}
+
+/// Builds a push body the way Pub/Sub does, for tests and tools.
+pub fn encode(subscription: &str, message_id: &str, event: &Event) -> serde_json::Value {
+    let data = serde_json::to_vec(event).unwrap_or_default();
+    let attributes: HashMap<_, _> = event.attributes().into_iter().collect();
+    serde_json::json!({
+        "subscription": subscription,
+        "message": {
+            "data": STANDARD.encode(data),
+            "attributes": attributes,
+            "messageId": message_id,
+            "publishTime": event.occurred_at.to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventBody, OrderDetails};
+    use uuid::Uuid;
+
+    fn event() -> Event {
+        Event::new(
+            Uuid::new_v4(),
+            EventBody::OrderCreated {
+                order: OrderDetails {
+                    item: "widget".into(),
+                    quantity: 1,
+                    user: "jack".into(),
+                    payment_error: false,
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn a_well_formed_push_decodes_to_its_event() {
+        let e = event();
+        let body = encode("projects/p/subscriptions/s", "42", &e).to_string();
+        let d = decode(body.as_bytes()).unwrap();
+        assert_eq!(d.event, e);
+        assert_eq!(d.envelope.message.message_id, "42");
+        assert_eq!(d.envelope.message.attributes["type"], "order-created");
+    }
+
+    #[test]
+    fn the_emulator_body_without_delivery_attempt_decodes() {
+        let data = STANDARD.encode(serde_json::to_vec(&event()).unwrap());
+        let body = format!(
+            r#"{{"subscription":"s","message":{{"data":"{data}","messageId":"7","publishTime":"2026-01-01T00:00:00Z"}}}}"#
+        );
+        let d = decode(body.as_bytes()).unwrap();
+        assert_eq!(d.envelope.message.delivery_attempt, None);
+    }
+
+    #[test]
+    fn garbage_is_poison_with_a_reason() {
+        let p = decode(b"not json").unwrap_err();
+        assert!(p.reason.contains("not a Pub/Sub push envelope"), "{p:?}");
+        assert_eq!(p.message_id, None);
+
+        let p = decode(br#"{"message":{"data":"!!!","messageId":"9"}}"#).unwrap_err();
+        assert!(p.reason.contains("base64"), "{p:?}");
+        assert_eq!(p.message_id.as_deref(), Some("9"));
+
+        let data = STANDARD.encode(br#"{"type":"order-teleported"}"#);
+        let body = format!(r#"{{"message":{{"data":"{data}","messageId":"10"}}}}"#);
+        let p = decode(body.as_bytes()).unwrap_err();
+        assert!(p.reason.contains("not a saga event"), "{p:?}");
+    }
+}

@@ -1,0 +1,158 @@
+//! What every function has: its configuration and connected clients, and the server loop
+//! around its router (health check, graceful shutdown).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConfigError};
+use crate::publisher::{EventPublisher, PublishError};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+use crate::topology::Function;
+
+/// A function's configuration and clients; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub function: Function,
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub publisher: EventPublisher,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+impl Runtime {
+    /// Connects the clients `function` needs: Firestore, and publishers for its topics.
+    pub async fn connect(function: Function, config: Config) -> Result<Runtime, StartupError> {
+        let store = Store::connect(&config.project_id, &config.firestore).await?;
+        let publisher =
+            EventPublisher::connect(&config.project_id, &config.pubsub, function.publishes())
+                .await?;
+        Ok(Runtime {
+            function,
+            config: Arc::new(config),
+            store,
+            publisher,
+        })
+    }
+}
+
+/// Adds what every function serves besides its own routes: `GET /healthz`. The router only
+/// exists once the clients are connected, so answering at all means ready.
+pub fn with_health(function: Function, router: Router) -> Router {
+    router.route(
+        "/healthz",
+        get(move || async move {
+            Json(serde_json::json!({ "status": "ok", "function": function.name() }))
+        }),
+    )
+}
+
+/// A function's server, bound and ready to run.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Server {
+    /// Binds `config.bind:config.port` (port 0 picks a free one).
+    pub async fn bind(
+        function: Function,
+        config: &Config,
+        router: Router,
+    ) -> Result<Server, StartupError> {
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        Ok(Server {
+            listener,
+            router: with_health(function, router),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then finishes requests in flight.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartupError::Serve)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Cloud Run sends before stopping an instance).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The whole of a function's `main`: configuration from the environment, telemetry, clients,
+/// router, serve until SIGTERM.
+pub async fn main(function: Function, router: fn(Runtime) -> Router) -> ExitCode {
+    telemetry::init(function);
+    match run(function, router).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "{function} stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(function: Function, router: fn(Runtime) -> Router) -> Result<(), StartupError> {
+    let config = Config::from_env(function)?;
+    let runtime = Runtime::connect(function, config.clone()).await?;
+    let server = Server::bind(function, &config, router(runtime)).await?;
+    tracing::info!(
+        addr = %server.local_addr(),
+        project = %config.project_id,
+        pubsub = ?config.pubsub,
+        firestore = ?config.firestore,
+        fault_injection = config.fault_injection,
+        "{function} ready"
+    );
+    server.run(shutdown_signal()).await
+}

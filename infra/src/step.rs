@@ -1,0 +1,281 @@
+//! The step runtime: how a push-triggered function turns one delivery into exactly one effect.
+//!
+//! For each delivery:
+//! 1. decode the envelope and event; if it can never succeed, park it and acknowledge;
+//! 2. if the step's idempotency record exists, the step already ran: publish its outbox event
+//!    if still pending, acknowledge ([`Ack::Duplicate`]);
+//! 3. otherwise, in one Firestore transaction: re-check the record, let the step read what it
+//!    needs and queue its effect, and queue the idempotency record and the outgoing event's
+//!    outbox record; commit;
+//! 4. publish the outgoing event and mark it published; acknowledge ([`Ack::Processed`]).
+//!
+//! A failure in 3 or 4 answers 503, so Pub/Sub redelivers; the redelivery lands in 2.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::events::{Event, EventBody};
+use crate::outbox::{self, DeliverError};
+use crate::push::{self, Poison};
+use crate::runtime::Runtime;
+use crate::store::{
+    OutboxRecord, ParkedMessage, StepRecord, StoreError, Tx, collections, expiry_from,
+    step_record_id,
+};
+use crate::topology::PushSubscription;
+
+/// What a step decided, once its effect is queued on the transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// A short description for the idempotency record and logs ("reserved 5 widget").
+    pub summary: String,
+    /// The event to publish after commit, if any.
+    pub emit: Option<EventBody>,
+}
+
+impl Outcome {
+    pub fn emit(summary: impl Into<String>, body: EventBody) -> Outcome {
+        Outcome {
+            summary: summary.into(),
+            emit: Some(body),
+        }
+    }
+
+    /// Nothing to do and nothing to say (a late or superseded event).
+    pub fn skip(summary: impl Into<String>) -> Outcome {
+        Outcome {
+            summary: summary.into(),
+            emit: None,
+        }
+    }
+}
+
+/// A saga step: reads what it needs through the transaction, queues its effect on it, and
+/// says what to emit. It may run several times for one delivery (transaction retries), so it
+/// must not do anything outside the transaction.
+pub trait Step: Send + Sync + 'static {
+    /// The step's name in idempotency records and logs.
+    const NAME: &'static str;
+    /// The event types it consumes; any other is parked before anything is recorded, so a
+    /// stray event can never mark the step done for its order.
+    const ACCEPTS: &'static [&'static str];
+
+    fn run<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_, '_>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+}
+
+/// How a delivery was acknowledged (the response body of a 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "ack", rename_all = "kebab-case")]
+pub enum Ack {
+    /// The step ran now.
+    Processed {
+        outcome: String,
+        emitted_event_id: Option<String>,
+    },
+    /// The step had already run for this order: nothing changed.
+    Duplicate {
+        outcome: String,
+        emitted_event_id: Option<String>,
+    },
+    /// The delivery can never succeed; it was kept in `parked/` with the reason.
+    Parked { reason: String },
+}
+
+/// Why a delivery must be retried: the status *is* the ack, so these answer 503.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+}
+
+impl IntoResponse for PushError {
+    fn into_response(self) -> Response {
+        // Logged once, here, with the span of the delivery.
+        tracing::error!(error = %self, "delivery failed, Pub/Sub will redeliver");
+        let body = serde_json::json!({ "error": self.to_string(), "retry": true });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+struct StepState<S> {
+    step: Arc<S>,
+    runtime: Runtime,
+    subscription: &'static PushSubscription,
+}
+
+/// The router of a push-triggered function: its push endpoint(s), from the topology.
+pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
+    let step = Arc::new(step);
+    runtime
+        .function
+        .consumes()
+        .fold(Router::new(), |router, subscription| {
+            let state = Arc::new(StepState {
+                step: step.clone(),
+                runtime: runtime.clone(),
+                subscription,
+            });
+            router.route(subscription.path, post(handle::<S>).with_state(state))
+        })
+}
+
+async fn handle<S: Step>(
+    State(state): State<Arc<StepState<S>>>,
+    body: Bytes,
+) -> Result<Json<Ack>, PushError> {
+    let delivery = match push::decode(&body) {
+        Ok(delivery) => delivery,
+        Err(poison) => return park(&state, &body, poison).await.map(Json),
+    };
+    let kind = delivery.event.body.kind();
+    if !S::ACCEPTS.contains(&kind) {
+        let poison = Poison {
+            reason: format!("event type {kind} is not consumed by step {}", S::NAME),
+            message_id: Some(delivery.envelope.message.message_id),
+        };
+        return park(&state, &body, poison).await.map(Json);
+    }
+    let span = tracing::info_span!(
+        "step",
+        step = S::NAME,
+        order_id = %delivery.event.order_id,
+        event_id = %delivery.event.event_id,
+        event_type = delivery.event.body.kind(),
+        message_id = %delivery.envelope.message.message_id,
+    );
+    process(&state, delivery.event)
+        .instrument(span)
+        .await
+        .map(Json)
+}
+
+async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, PushError> {
+    let store = &state.runtime.store;
+    let publisher = &state.runtime.publisher;
+    let key = step_record_id(&event.order_id.to_string(), S::NAME);
+
+    // Fast path for redeliveries: no transaction, no locks.
+    if let Some(done) = store.get::<StepRecord>(collections::STEPS, &key).await? {
+        if let Some(id) = &done.emitted_event_id {
+            outbox::deliver_pending(store, publisher, id).await?;
+        }
+        tracing::info!(outcome = %done.outcome, "duplicate delivery, step already done");
+        return Ok(Ack::Duplicate {
+            outcome: done.outcome,
+            emitted_event_id: done.emitted_event_id,
+        });
+    }
+
+    let event = Arc::new(event);
+    let (record, outbox, fresh) = store
+        .transaction(S::NAME, |mut tx| {
+            let step = state.step.clone();
+            let event = event.clone();
+            let key = key.clone();
+            async move {
+                if let Some(done) = tx.get::<StepRecord>(collections::STEPS, &key).await? {
+                    let outbox = match &done.emitted_event_id {
+                        Some(id) => tx.get::<OutboxRecord>(collections::OUTBOX, id).await?,
+                        None => None,
+                    };
+                    return Ok((done, outbox, false));
+                }
+                let outcome = step.run(&mut tx, &event).await?;
+                let now = Timestamp::now();
+                let outbox = outcome
+                    .emit
+                    .map(|body| outbox::record(&Event::new(event.order_id, body), now));
+                let record = StepRecord {
+                    order_id: event.order_id.to_string(),
+                    step: S::NAME.to_owned(),
+                    incoming_event_id: event.event_id.to_string(),
+                    outcome: outcome.summary,
+                    emitted_event_id: outbox.as_ref().map(|o| o.event_id.clone()),
+                    processed_at: now,
+                    expire_at: expiry_from(now),
+                };
+                tx.set(collections::STEPS, &key, &record)?;
+                if let Some(outbox) = &outbox {
+                    outbox::stage(&mut tx, outbox)?;
+                }
+                Ok((record, outbox, true))
+            }
+            .boxed()
+        })
+        .await?;
+
+    if let Some(outbox) = outbox.filter(|o| !o.published) {
+        outbox::deliver(store, publisher, &outbox).await?;
+    }
+    if fresh {
+        tracing::info!(outcome = %record.outcome, "step done");
+        Ok(Ack::Processed {
+            outcome: record.outcome,
+            emitted_event_id: record.emitted_event_id,
+        })
+    } else {
+        tracing::info!(outcome = %record.outcome, "concurrent duplicate, step already done");
+        Ok(Ack::Duplicate {
+            outcome: record.outcome,
+            emitted_event_id: record.emitted_event_id,
+        })
+    }
+}
+
+/// Most of a parked body that is kept.
+const PARKED_BODY_LIMIT: usize = 64 * 1024;
+
+/// Keeps a delivery that can never succeed in `parked/`, and acknowledges it. If it cannot be
+/// kept, the delivery is retried rather than lost.
+async fn park<S>(state: &StepState<S>, body: &[u8], poison: Poison) -> Result<Ack, PushError> {
+    let function = state.runtime.function.name();
+    let subscription = state.subscription.name;
+    // Parking the same message twice writes the same document.
+    let id = match &poison.message_id {
+        Some(message_id) => format!("{subscription}--{message_id}"),
+        None => uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body).to_string(),
+    };
+    let text = String::from_utf8_lossy(body);
+    let kept = &text[..text.floor_char_boundary(PARKED_BODY_LIMIT)];
+    let parked = ParkedMessage {
+        function: function.to_owned(),
+        subscription: subscription.to_owned(),
+        message_id: poison.message_id.clone(),
+        reason: poison.reason.clone(),
+        body: kept.to_owned(),
+        parked_at: Timestamp::now(),
+    };
+    state
+        .runtime
+        .store
+        .set(collections::PARKED, &id, &parked)
+        .await?;
+    tracing::warn!(
+        function,
+        subscription,
+        parked_id = %id,
+        reason = %poison.reason,
+        "poison message parked and acknowledged"
+    );
+    Ok(Ack::Parked {
+        reason: poison.reason,
+    })
+}

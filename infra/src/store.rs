@@ -1,0 +1,421 @@
+//! Firestore: the connection, the documents the saga keeps, and a small transaction wrapper.
+//!
+//! Every read a decision depends on and every write it makes happen in one transaction; the
+//! wrapper retries contention (the emulator aborts contended transactions with "lock timeout")
+//! and reports it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use firestore::errors::{BackoffError, FirestoreError};
+use firestore::{
+    FirestoreDb, FirestoreDbOptions, FirestoreTransaction, FirestoreTransactionOptions,
+};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Endpoint;
+use crate::events::{FailureReason, OrderStatus};
+
+/// Collection names.
+pub mod collections {
+    /// `requests/{order_id}`: what the frontend accepted (the order is PENDING until `orders/` has it).
+    pub const REQUESTS: &str = "requests";
+    /// `orders/{order_id}`: the saga's state.
+    pub const ORDERS: &str = "orders";
+    /// `inventory/{item}`: price and stock.
+    pub const INVENTORY: &str = "inventory";
+    /// `users/{user}`: balance.
+    pub const USERS: &str = "users";
+    /// `reservations/{order_id}`: stock held for an order.
+    pub const RESERVATIONS: &str = "reservations";
+    /// `payments/{order_id}`: money taken for an order.
+    pub const PAYMENTS: &str = "payments";
+    /// `steps/{order_id}--{step}`: the idempotency record of a step.
+    pub const STEPS: &str = "steps";
+    /// `outbox/{event_id}`: an event committed with its effect, published after commit.
+    pub const OUTBOX: &str = "outbox";
+    /// `idempotency_keys/{key}`: the frontend's `Idempotency-Key` records.
+    pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+    /// `parked/{id}`: deliveries that can never succeed, kept for an operator.
+    pub const PARKED: &str = "parked";
+}
+
+/// How long idempotency and outbox records are kept (a Firestore TTL policy on `expire_at`).
+pub const RECORD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub fn expiry_from(now: Timestamp) -> Timestamp {
+    now.checked_add(jiff::SignedDuration::try_from(RECORD_RETENTION).unwrap_or_default())
+        .unwrap_or(now)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestDoc {
+    pub order_id: String,
+    pub item: String,
+    pub quantity: i64,
+    pub user: String,
+    #[serde(default)]
+    pub payment_error: bool,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderDoc {
+    pub order_id: String,
+    pub item: String,
+    pub quantity: i64,
+    pub user: String,
+    pub status: OrderStatus,
+    #[serde(default)]
+    pub reason: Option<FailureReason>,
+    /// What the user was charged, once payments has run.
+    #[serde(default)]
+    pub amount: Option<i64>,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub created_at: Timestamp,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub updated_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemDoc {
+    pub price: i64,
+    pub stock: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDoc {
+    pub balance: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReservationStatus {
+    Reserved,
+    Released,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReservationDoc {
+    pub order_id: String,
+    pub item: String,
+    pub quantity: i64,
+    pub status: ReservationStatus,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub updated_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    Captured,
+    Refunded,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PaymentDoc {
+    pub order_id: String,
+    pub user: String,
+    pub amount: i64,
+    pub status: PaymentStatus,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub updated_at: Timestamp,
+}
+
+/// A step's idempotency record: the step ran for this order, with this outcome, emitting this
+/// event. Written in the same transaction as the step's effect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub order_id: String,
+    pub step: String,
+    pub incoming_event_id: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub emitted_event_id: Option<String>,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub processed_at: Timestamp,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub expire_at: Timestamp,
+}
+
+pub fn step_record_id(order_id: &str, step: &str) -> String {
+    format!("{order_id}--{step}")
+}
+
+/// An event waiting to be (or already) published: written with the effect that caused it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub event_id: String,
+    pub order_id: String,
+    pub topic: String,
+    /// The event's JSON, published as the message data.
+    pub payload: String,
+    pub attributes: BTreeMap<String, String>,
+    pub published: bool,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub created_at: Timestamp,
+    #[serde(default, with = "firestore::serialize_as_optional_timestamp")]
+    pub published_at: Option<Timestamp>,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub expire_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub order_id: String,
+    /// The canonical request the key was first used with.
+    pub fingerprint: String,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub created_at: Timestamp,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub expire_at: Timestamp,
+}
+
+/// A delivery that can never succeed, acknowledged and kept here with the reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParkedMessage {
+    pub function: String,
+    pub subscription: String,
+    #[serde(default)]
+    pub message_id: Option<String>,
+    pub reason: String,
+    /// The raw push body (truncated), for inspection and redrive.
+    pub body: String,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub parked_at: Timestamp,
+}
+
+/// A Firestore failure, with what we were doing when it happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct StoreError {
+    pub context: String,
+    #[source]
+    pub source: FirestoreError,
+}
+
+/// Adds context to Firestore results: `db.get(..).await.context("reading order")?`.
+pub trait Context<T> {
+    fn context(self, context: impl Into<String>) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, FirestoreError> {
+    fn context(self, context: impl Into<String>) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// The Firestore database of one project.
+#[derive(Clone)]
+pub struct Store {
+    db: FirestoreDb,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects to Firestore for `project_id`: the emulator at `endpoint` if it names one,
+    /// Google Cloud with Application Default Credentials otherwise.
+    pub async fn connect(project_id: &str, endpoint: &Endpoint) -> Result<Store, StoreError> {
+        let options = FirestoreDbOptions::new(project_id.to_owned());
+        let db = match endpoint {
+            Endpoint::Emulator(host) => {
+                FirestoreDb::with_options_auth(
+                    options.with_firebase_api_url(format!("http://{host}")),
+                    emulator_auth::owner(),
+                )
+                .await
+            }
+            Endpoint::Cloud => FirestoreDb::with_options(options).await,
+        }
+        .context(format!("connecting to Firestore for project {project_id}"))?;
+        Ok(Store { db })
+    }
+
+    pub fn db(&self) -> &FirestoreDb {
+        &self.db
+    }
+
+    pub async fn get<T>(&self, collection: &str, id: &str) -> Result<Option<T>, StoreError>
+    where
+        T: DeserializeOwned + Send,
+    {
+        self.db
+            .fluent()
+            .select()
+            .by_id_in(collection)
+            .obj()
+            .one(id)
+            .await
+            .context(format!("reading {collection}/{id}"))
+    }
+
+    /// Writes the whole document, creating or replacing it.
+    pub async fn set<T>(&self, collection: &str, id: &str, doc: &T) -> Result<(), StoreError>
+    where
+        T: Serialize + DeserializeOwned + Sync + Send,
+    {
+        let _: T = self
+            .db
+            .fluent()
+            .update()
+            .in_col(collection)
+            .document_id(id)
+            .object(doc)
+            .execute()
+            .await
+            .context(format!("writing {collection}/{id}"))?;
+        Ok(())
+    }
+
+    /// Every document of a collection with its id (for checks, seeding and tools; not for
+    /// request paths).
+    pub async fn all<T>(&self, collection: &str) -> Result<Vec<(String, T)>, StoreError>
+    where
+        T: DeserializeOwned + Send,
+    {
+        let docs = self
+            .db
+            .fluent()
+            .list()
+            .from(collection)
+            .stream_all()
+            .await
+            .context(format!("listing {collection}"))?
+            .collect::<Vec<_>>()
+            .await;
+        docs.into_iter()
+            .map(|doc| {
+                let id = doc.name.rsplit('/').next().unwrap_or_default().to_owned();
+                FirestoreDb::deserialize_doc_to::<T>(&doc)
+                    .map(|value| (id, value))
+                    .context(format!("decoding {collection}/ document {}", doc.name))
+            })
+            .collect()
+    }
+
+    /// Runs `f` in a read-write transaction, retrying it on contention. `f` may run several
+    /// times: it must only read through its [`Tx`] and only write by queuing on it.
+    /// Business rejections are `Ok` values; an `Err` from `f` is retried as transient.
+    pub async fn transaction<T, F>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'b, 'c> Fn(Tx<'b, 'c>) -> BoxFuture<'b, Result<T, StoreError>> + Send + Sync,
+    {
+        let options = FirestoreTransactionOptions::new()
+            .with_max_retries(12)
+            .with_retry_max_elapsed_time(Duration::from_secs(45));
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = self
+            .db
+            .run_transaction_with_options(
+                |db, txn| {
+                    let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if attempt > 0 {
+                        tracing::info!(what, attempt, "transaction contended, retrying");
+                    }
+                    f(Tx { db, txn })
+                        .map(|r| r.map_err(BackoffError::transient))
+                        .boxed()
+                },
+                options,
+            )
+            .await
+            .context(format!("transaction {what}"));
+        let attempts = attempts.into_inner();
+        if attempts > 1 {
+            tracing::warn!(what, attempts, ok = result.is_ok(), "contended transaction");
+        }
+        result
+    }
+}
+
+/// A transaction in progress: reads see the transaction's snapshot, writes are queued and
+/// committed together.
+pub struct Tx<'b, 'c> {
+    db: FirestoreDb,
+    txn: &'b mut FirestoreTransaction<'c>,
+}
+
+impl Tx<'_, '_> {
+    pub async fn get<T>(&self, collection: &str, id: &str) -> Result<Option<T>, StoreError>
+    where
+        T: DeserializeOwned + Send,
+    {
+        self.db
+            .fluent()
+            .select()
+            .by_id_in(collection)
+            .obj()
+            .one(id)
+            .await
+            .context(format!("reading {collection}/{id} in a transaction"))
+    }
+
+    /// Queues a whole-document write (create or replace).
+    pub fn set<T>(&mut self, collection: &str, id: &str, doc: &T) -> Result<(), StoreError>
+    where
+        T: Serialize + DeserializeOwned + Sync + Send,
+    {
+        self.db
+            .fluent()
+            .update()
+            .in_col(collection)
+            .document_id(id)
+            .object(doc)
+            .add_to_transaction(self.txn)
+            .context(format!("queuing a write of {collection}/{id}"))?;
+        Ok(())
+    }
+}
+
+/// The emulator accepts the magic bearer token `owner`, which bypasses security rules.
+mod emulator_auth {
+    use axum::http::{Extensions, HeaderMap, HeaderValue, header::AUTHORIZATION};
+    use firestore::gcloud_sdk::google_cloud_auth::credentials::{
+        CacheableResource, Credentials, CredentialsProvider, EntityTag,
+    };
+    use firestore::gcloud_sdk::google_cloud_auth::errors::CredentialsError;
+
+    #[derive(Debug)]
+    struct Owner(EntityTag);
+
+    impl CredentialsProvider for Owner {
+        async fn headers(
+            &self,
+            extensions: Extensions,
+        ) -> Result<CacheableResource<HeaderMap>, CredentialsError> {
+            if extensions.get::<EntityTag>() == Some(&self.0) {
+                return Ok(CacheableResource::NotModified);
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer owner"));
+            Ok(CacheableResource::New {
+                entity_tag: self.0.clone(),
+                data: headers,
+            })
+        }
+
+        async fn universe_domain(&self) -> Option<String> {
+            None
+        }
+    }
+
+    pub fn owner() -> Credentials {
+        Credentials::from(Owner(EntityTag::new()))
+    }
+}
