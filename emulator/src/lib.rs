@@ -1,1 +1,10 @@
+//! The local environment: the official emulators started through gcloud, the topology
+//! created on them, and the seed data. Used by `saga up` and by the tests.
 
+pub mod bootstrap;
+pub mod process;
+pub mod seed;
+
+pub use bootstrap::create_topology;
+pub use process::{Emulator, EmulatorError, Kind, free_port, is_ready};
+pub use seed::{SeedMode, seed};

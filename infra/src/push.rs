@@ -18,20 +18,51 @@ pub struct PushEnvelope {
     pub message: PushedMessage,
 }
 
+/// A pushed message. Pub/Sub sends some fields in two spellings (`messageId` and
+/// `message_id`, `publishTime` and `publish_time`); either, or both, are accepted.
 #[derive(Debug, Deserialize)]
+#[serde(try_from = "RawMessage")]
 pub struct PushedMessage {
     /// Base64 of the message data.
-    #[serde(default)]
     pub data: String,
-    #[serde(default)]
     pub attributes: HashMap<String, String>,
-    #[serde(rename = "messageId", alias = "message_id")]
     pub message_id: String,
-    #[serde(rename = "publishTime", alias = "publish_time", default)]
     pub publish_time: Option<String>,
     /// Sent by Google Cloud when the subscription has a dead-letter policy; not by the emulator.
-    #[serde(rename = "deliveryAttempt", alias = "delivery_attempt", default)]
     pub delivery_attempt: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMessage {
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    attributes: HashMap<String, String>,
+    message_id: Option<String>,
+    #[serde(rename = "message_id")]
+    message_id_snake: Option<String>,
+    publish_time: Option<String>,
+    #[serde(rename = "publish_time")]
+    publish_time_snake: Option<String>,
+    delivery_attempt: Option<i32>,
+}
+
+impl TryFrom<RawMessage> for PushedMessage {
+    type Error = &'static str;
+
+    fn try_from(raw: RawMessage) -> Result<Self, Self::Error> {
+        Ok(PushedMessage {
+            data: raw.data,
+            attributes: raw.attributes,
+            message_id: raw
+                .message_id
+                .or(raw.message_id_snake)
+                .ok_or("message has no messageId")?,
+            publish_time: raw.publish_time.or(raw.publish_time_snake),
+            delivery_attempt: raw.delivery_attempt,
+        })
+    }
 }
 
 /// Why a delivery can never succeed.
@@ -120,6 +151,23 @@ mod tests {
         );
         let d = decode(body.as_bytes()).unwrap();
         assert_eq!(d.envelope.message.delivery_attempt, None);
+    }
+
+    #[test]
+    fn both_spellings_of_a_field_may_come_together() {
+        let data = STANDARD.encode(serde_json::to_vec(&event()).unwrap());
+        let body = format!(
+            r#"{{"message":{{"data":"{data}","messageId":"7","message_id":"7",
+            "publishTime":"2026-01-01T00:00:00Z","publish_time":"2026-01-01T00:00:00Z"}},
+            "subscription":"s"}}"#
+        );
+        let d = decode(body.as_bytes()).unwrap();
+        assert_eq!(d.envelope.message.message_id, "7");
+        let body = format!(r#"{{"message":{{"data":"{data}","message_id":"8"}}}}"#);
+        assert_eq!(
+            decode(body.as_bytes()).unwrap().envelope.message.message_id,
+            "8"
+        );
     }
 
     #[test]

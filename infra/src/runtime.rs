@@ -132,8 +132,17 @@ pub async fn shutdown_signal() {
 /// The whole of a function's `main`: configuration from the environment, telemetry, clients,
 /// router, serve until SIGTERM.
 pub async fn main(function: Function, router: fn(Runtime) -> Router) -> ExitCode {
+    main_until(function, router, shutdown_signal()).await
+}
+
+/// [`main`], stopping gracefully when `shutdown` resolves.
+pub async fn main_until(
+    function: Function,
+    router: fn(Runtime) -> Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> ExitCode {
     telemetry::init(function);
-    match run(function, router).await {
+    match run(function, router, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "{function} stopped");
@@ -142,7 +151,21 @@ pub async fn main(function: Function, router: fn(Runtime) -> Router) -> ExitCode
     }
 }
 
-async fn run(function: Function, router: fn(Runtime) -> Router) -> Result<(), StartupError> {
+/// Resolves once the process whose id is `parent` is no longer this process's parent (it
+/// died, even by SIGKILL, and this process was re-parented): a local runner's children use it
+/// so that they never outlive it.
+#[cfg(unix)]
+pub async fn parent_gone(parent: u32) {
+    while std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+async fn run(
+    function: Function,
+    router: fn(Runtime) -> Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
     let config = Config::from_env(function)?;
     let runtime = Runtime::connect(function, config.clone()).await?;
     let server = Server::bind(function, &config, router(runtime)).await?;
@@ -154,5 +177,5 @@ async fn run(function: Function, router: fn(Runtime) -> Router) -> Result<(), St
         fault_injection = config.fault_injection,
         "{function} ready"
     );
-    server.run(shutdown_signal()).await
+    server.run(shutdown).await
 }

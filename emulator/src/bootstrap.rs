@@ -1,0 +1,121 @@
+//! Creates the topology (topics, dead-letter topics, push and pull subscriptions) on the
+//! Pub/Sub emulator, from [`saga_infra::topology`]. Idempotent: what exists is left as is.
+
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::model::{DeadLetterPolicy, PushConfig, RetryPolicy, Subscription};
+use saga_infra::topology::{
+    self, PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS, PushSubscription, subscription_path, topic_path,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct BootstrapError {
+    what: String,
+    #[source]
+    source: google_cloud_pubsub::Error,
+}
+
+fn already_exists(e: &google_cloud_pubsub::Error) -> bool {
+    e.status().is_some_and(|s| s.code == Code::AlreadyExists) || e.http_status_code() == Some(409)
+}
+
+fn context(
+    what: impl FnOnce() -> String,
+) -> impl FnOnce(google_cloud_pubsub::Error) -> BootstrapError {
+    move |source| BootstrapError {
+        what: what(),
+        source,
+    }
+}
+
+fn anonymous() -> google_cloud_auth::credentials::Credentials {
+    google_cloud_auth::credentials::anonymous::Builder::new().build()
+}
+
+/// Creates every topic and subscription of the topology in `project` on the emulator at
+/// `pubsub_host`. `push_endpoint` gives the URL each push subscription delivers to.
+pub async fn create_topology(
+    project: &str,
+    pubsub_host: &str,
+    push_endpoint: impl Fn(&PushSubscription) -> String,
+) -> Result<(), BootstrapError> {
+    let endpoint = format!("http://{pubsub_host}");
+    let topics = TopicAdmin::builder()
+        .with_endpoint(&endpoint)
+        .with_credentials(anonymous())
+        .build()
+        .await
+        .map_err(|e| BootstrapError {
+            what: "connecting the topic admin client".into(),
+            source: google_cloud_pubsub::Error::io(e),
+        })?;
+    let subscriptions = SubscriptionAdmin::builder()
+        .with_endpoint(&endpoint)
+        .with_credentials(anonymous())
+        .build()
+        .await
+        .map_err(|e| BootstrapError {
+            what: "connecting the subscription admin client".into(),
+            source: google_cloud_pubsub::Error::io(e),
+        })?;
+
+    for topic in topology::all_topics() {
+        match topics
+            .create_topic()
+            .set_name(topic_path(project, topic))
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if already_exists(&e) => {}
+            Err(e) => return Err(context(|| format!("creating topic {topic}"))(e)),
+        }
+    }
+
+    let mut wanted = Vec::new();
+    for s in &PUSH_SUBSCRIPTIONS {
+        let backoff = |d: std::time::Duration| {
+            google_cloud_wkt::Duration::clamp(i64::try_from(d.as_secs()).unwrap_or(600), 0)
+        };
+        wanted.push(
+            Subscription::new()
+                .set_name(subscription_path(project, s.name))
+                .set_topic(topic_path(project, s.topic))
+                .set_push_config(PushConfig::new().set_push_endpoint(push_endpoint(s)))
+                .set_ack_deadline_seconds(i32::try_from(s.ack_deadline.as_secs()).unwrap_or(60))
+                .set_dead_letter_policy(
+                    DeadLetterPolicy::new()
+                        .set_dead_letter_topic(topic_path(project, s.dead_letter_topic))
+                        .set_max_delivery_attempts(s.max_delivery_attempts),
+                )
+                .set_retry_policy(
+                    RetryPolicy::new()
+                        .set_minimum_backoff(backoff(s.min_backoff))
+                        .set_maximum_backoff(backoff(s.max_backoff)),
+                ),
+        );
+    }
+    for s in &PULL_SUBSCRIPTIONS {
+        wanted.push(
+            Subscription::new()
+                .set_name(subscription_path(project, s.name))
+                .set_topic(topic_path(project, s.topic))
+                .set_ack_deadline_seconds(60),
+        );
+    }
+    for subscription in wanted {
+        let name = subscription.name.clone();
+        match subscriptions
+            .create_subscription()
+            .with_request(subscription)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if already_exists(&e) => {}
+            Err(e) => return Err(context(|| format!("creating subscription {name}"))(e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The emulator processes: started through gcloud, ready when they answer `GET /` with `Ok`,
+//! and stopped with their whole process group (gcloud starts a JVM under a Python wrapper).
+//!
+//! Each emulator runs under a tiny shell watchdog in its own process group: when the process
+//! that started it dies (a test binary that exits, a `saga up` that is killed), the watchdog
+//! stops the group within a second, so no JVM outlives its owner.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    PubSub,
+    Firestore,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::PubSub => "Pub/Sub emulator",
+            Kind::Firestore => "Firestore emulator",
+        }
+    }
+
+    fn component(self) -> &'static str {
+        match self {
+            Kind::PubSub => "pubsub-emulator",
+            Kind::Firestore => "cloud-firestore-emulator",
+        }
+    }
+
+    fn gcloud_args(self, host: &str, project: &str) -> Vec<String> {
+        let host_port = format!("--host-port={host}");
+        match self {
+            Kind::PubSub => vec![
+                "beta".into(),
+                "emulators".into(),
+                "pubsub".into(),
+                "start".into(),
+                host_port,
+                format!("--project={project}"),
+            ],
+            Kind::Firestore => vec![
+                "emulators".into(),
+                "firestore".into(),
+                "start".into(),
+                host_port,
+            ],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error(
+        "gcloud is not installed. Install the Google Cloud CLI with the emulators and Java 17+: \
+         https://cloud.google.com/sdk/docs/install, then \
+         `gcloud components install beta pubsub-emulator cloud-firestore-emulator` \
+         (Debian/Ubuntu: `apt-get install google-cloud-cli google-cloud-cli-pubsub-emulator \
+         google-cloud-cli-firestore-emulator openjdk-17-jre-headless`)"
+    )]
+    GcloudMissing,
+    #[error(
+        "the {name} exited before it was ready (is the `{component}` component installed? \
+         `gcloud components install {component}`, or the apt package \
+         google-cloud-cli-{component}; it also needs Java 17+). Its log, {log}, ends with:\n{tail}"
+    )]
+    Exited {
+        name: &'static str,
+        component: &'static str,
+        log: String,
+        tail: String,
+    },
+    #[error("the {name} did not answer on {host} within {waited:?}; see {log}")]
+    NotReady {
+        name: &'static str,
+        host: String,
+        waited: Duration,
+        log: String,
+    },
+    #[error("starting the {name}: {source}")]
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running emulator; dropping it stops it.
+#[derive(Debug)]
+pub struct Emulator {
+    pub kind: Kind,
+    /// `127.0.0.1:PORT`, as `PUBSUB_EMULATOR_HOST` / `FIRESTORE_EMULATOR_HOST` take it.
+    pub host: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+/// `sh -c WATCHDOG _ OWNER_PID gcloud ARGS...`: runs gcloud, and stops it when asked (TERM)
+/// or when the owner is gone. gcloud makes itself a process-group leader with the JVM in its
+/// group, so the group of `$child` is what has to go.
+const WATCHDOG: &str = r#"owner=$1; shift
+"$@" &
+child=$!
+stop() {
+  group=$(ps -o pgid= -p "$child" 2>/dev/null | tr -d ' ')
+  if [ -n "$group" ] && [ "$group" != "$(ps -o pgid= -p $$ | tr -d ' ')" ]; then
+    kill -s TERM -- "-$group" 2>/dev/null
+  fi
+  kill -s TERM "$child" 2>/dev/null
+  exit 0
+}
+trap stop TERM INT HUP
+while kill -0 "$owner" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5; done
+stop"#;
+
+impl Emulator {
+    /// Starts the emulator on `host` (`127.0.0.1:PORT`) and waits until it answers.
+    pub async fn start(
+        kind: Kind,
+        host: &str,
+        project: &str,
+        log: &Path,
+    ) -> Result<Emulator, EmulatorError> {
+        if !on_path("gcloud") {
+            return Err(EmulatorError::GcloudMissing);
+        }
+        let spawn_error = |source| EmulatorError::Spawn {
+            name: kind.name(),
+            source,
+        };
+        let out = File::create(log).map_err(spawn_error)?;
+        let err = out.try_clone().map_err(spawn_error)?;
+        let child = {
+            use std::os::unix::process::CommandExt;
+            Command::new("sh")
+                .arg("-c")
+                .arg(WATCHDOG)
+                .arg("saga-emulator-watchdog")
+                .arg(std::process::id().to_string())
+                .arg("gcloud")
+                .args(kind.gcloud_args(host, project))
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+                .map_err(spawn_error)?
+        };
+        let mut emulator = Emulator {
+            kind,
+            host: host.to_owned(),
+            log: log.to_owned(),
+            child,
+        };
+        emulator.wait_ready(Duration::from_secs(90)).await?;
+        Ok(emulator)
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<(), EmulatorError> {
+        let started = Instant::now();
+        loop {
+            if is_ready(&self.host).await {
+                return Ok(());
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(EmulatorError::Exited {
+                    name: self.kind.name(),
+                    component: self.kind.component(),
+                    log: self.log.display().to_string(),
+                    tail: tail(&self.log, 15),
+                });
+            }
+            if started.elapsed() > limit {
+                return Err(EmulatorError::NotReady {
+                    name: self.kind.name(),
+                    host: self.host.clone(),
+                    waited: limit,
+                    log: self.log.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stops the emulator and everything it started.
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether an emulator answers `GET /` with `Ok` at `host`.
+pub async fn is_ready(host: &str) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(host).await.ok()?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        // Read until the answer is complete: some emulators keep the connection open.
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            response.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&response);
+            if text.trim_end().ends_with("Ok") {
+                return Some(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"));
+            }
+            if n == 0 {
+                return Some(false);
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Some(true))
+    )
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A free local port (the OS picks one; it is free again when we hand it out).
+pub fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()
+        .map(|a| a.port())
+}

@@ -1,0 +1,18 @@
+//! The saga as one program: the function registry, and the local stack `saga up` runs.
+
+pub mod up;
+
+use axum::Router;
+use saga_infra::Runtime;
+use saga_infra::topology::Function;
+
+/// The router of `function`: what its binary serves, what `saga up` and the tests run.
+pub fn router_for(function: Function) -> fn(Runtime) -> Router {
+    match function {
+        Function::Frontend => saga_frontend::router,
+        Function::Order => saga_order::router,
+        Function::Inventory => saga_inventory::router,
+        Function::Payments => saga_payments::router,
+        Function::Janitor => saga_janitor::router,
+    }
+}

@@ -1,0 +1,286 @@
+//! `saga up`: the whole stack on the emulators, in the foreground, until Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use saga_emulator::{Emulator, Kind, SeedMode};
+use saga_infra::config::{Config, Endpoint};
+use saga_infra::store::Store;
+use saga_infra::topology::{Function, PushSubscription};
+use tokio::process::{Child, Command};
+
+/// Set by `saga up` on the functions it starts: its pid, so they stop when it is gone.
+pub const PARENT_ENV: &str = "SAGA_UP_PARENT_PID";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Project id on the emulators (6 to 30 characters).
+    #[arg(long, default_value = "saga-local")]
+    pub project: String,
+    /// Port of the Pub/Sub emulator (reused if one already answers there).
+    #[arg(long, default_value_t = 8085)]
+    pub pubsub_port: u16,
+    /// Port of the Firestore emulator (reused if one already answers there).
+    #[arg(long, default_value_t = 8086)]
+    pub firestore_port: u16,
+    /// Port of the frontend; order, inventory, payments and janitor take the next four.
+    #[arg(long, default_value_t = 8080)]
+    pub frontend_port: u16,
+    /// Turn off the `payment-error` fault switch.
+    #[arg(long)]
+    pub no_fault_injection: bool,
+    /// Put the seed data back to its seed state (stock and balances) before starting.
+    #[arg(long)]
+    pub reset_data: bool,
+    /// Where the emulators' logs go.
+    #[arg(long, default_value = "target/saga-up")]
+    pub log_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("--project must be 6 to 30 characters, got {0:?}")]
+    Project(String),
+    #[error(transparent)]
+    Emulator(#[from] saga_emulator::EmulatorError),
+    #[error("creating the topology: {0}")]
+    Bootstrap(#[from] saga_emulator::bootstrap::BootstrapError),
+    #[error("seeding: {0}")]
+    Seed(#[from] saga_infra::store::StoreError),
+    #[error("port {port} for {function} is in use; choose others with --frontend-port")]
+    PortInUse { function: Function, port: u16 },
+    #[error("{0}")]
+    Io(String),
+    #[error("{function} did not become healthy on port {port} within {waited:?}")]
+    Unhealthy {
+        function: Function,
+        port: u16,
+        waited: Duration,
+    },
+    #[error("{function} exited: {status}")]
+    FunctionExited { function: Function, status: String },
+}
+
+impl UpArgs {
+    pub fn port_of(&self, function: Function) -> u16 {
+        let offset = Function::ALL
+            .iter()
+            .position(|f| *f == function)
+            .unwrap_or(0);
+        self.frontend_port + offset as u16
+    }
+}
+
+/// Runs the stack until Ctrl-C (or a function dies), then stops everything it started.
+pub async fn up(args: UpArgs) -> Result<(), UpError> {
+    if !(6..=30).contains(&args.project.len()) {
+        return Err(UpError::Project(args.project.clone()));
+    }
+    std::fs::create_dir_all(&args.log_dir)
+        .map_err(|e| UpError::Io(format!("creating {}: {e}", args.log_dir.display())))?;
+    let pubsub_host = format!("127.0.0.1:{}", args.pubsub_port);
+    let firestore_host = format!("127.0.0.1:{}", args.firestore_port);
+    for function in Function::ALL {
+        let port = args.port_of(function);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(UpError::PortInUse { function, port });
+        }
+    }
+
+    eprintln!("Starting the emulators (this takes 10-20 s)...");
+    let (pubsub, firestore) = tokio::join!(
+        emulator(Kind::PubSub, &pubsub_host, &args),
+        emulator(Kind::Firestore, &firestore_host, &args),
+    );
+    let (_pubsub, _firestore) = (pubsub?, firestore?);
+
+    let push_endpoint =
+        |s: &PushSubscription| format!("http://127.0.0.1:{}{}", args.port_of(s.function), s.path);
+    saga_emulator::create_topology(&args.project, &pubsub_host, push_endpoint).await?;
+    let store = Store::connect(&args.project, &Endpoint::Emulator(firestore_host.clone())).await?;
+    let mode = if args.reset_data {
+        SeedMode::Reset
+    } else {
+        SeedMode::IfAbsent
+    };
+    let seeded = saga_emulator::seed(&store, mode).await?;
+
+    let config = Config {
+        fault_injection: !args.no_fault_injection,
+        ..Config::emulators(&args.project, &pubsub_host, &firestore_host)
+    };
+    let mut children = BTreeMap::new();
+    for function in Function::ALL {
+        children.insert(
+            function,
+            spawn_function(function, &config, args.port_of(function))?,
+        );
+    }
+    let result = run(&args, &config, seeded, &mut children).await;
+    stop(&mut children).await;
+    eprintln!("Stopped the functions and the emulators it started.");
+    result
+}
+
+async fn run(
+    args: &UpArgs,
+    config: &Config,
+    seeded: usize,
+    children: &mut BTreeMap<Function, Child>,
+) -> Result<(), UpError> {
+    for function in Function::ALL {
+        wait_healthy(function, args.port_of(function), children).await?;
+    }
+    print_banner(args, config, seeded);
+    tokio::select! {
+        _ = saga_infra::runtime::shutdown_signal() => Ok(()),
+        exited = first_exit(children) => Err(exited),
+    }
+}
+
+async fn emulator(kind: Kind, host: &str, args: &UpArgs) -> Result<Option<Emulator>, UpError> {
+    if saga_emulator::is_ready(host).await {
+        eprintln!("Reusing the {} already running on {host}.", kind.name());
+        return Ok(None);
+    }
+    let log = args.log_dir.join(match kind {
+        Kind::PubSub => "pubsub-emulator.log",
+        Kind::Firestore => "firestore-emulator.log",
+    });
+    Ok(Some(
+        Emulator::start(kind, host, &args.project, &log).await?,
+    ))
+}
+
+fn spawn_function(function: Function, config: &Config, port: u16) -> Result<Child, UpError> {
+    let exe = std::env::current_exe().map_err(|e| UpError::Io(format!("finding saga: {e}")))?;
+    let host = |e: &Endpoint| match e {
+        Endpoint::Emulator(h) => h.clone(),
+        Endpoint::Cloud => String::new(),
+    };
+    Command::new(exe)
+        .args(["serve", function.name()])
+        .env("PORT", port.to_string())
+        .env("GOOGLE_CLOUD_PROJECT", &config.project_id)
+        .env("PUBSUB_EMULATOR_HOST", host(&config.pubsub))
+        .env("FIRESTORE_EMULATOR_HOST", host(&config.firestore))
+        .env("SAGA_FAULT_INJECTION", config.fault_injection.to_string())
+        .env(PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| UpError::Io(format!("starting {function}: {e}")))
+}
+
+async fn wait_healthy(
+    function: Function,
+    port: u16,
+    children: &mut BTreeMap<Function, Child>,
+) -> Result<(), UpError> {
+    let limit = Duration::from_secs(30);
+    let started = Instant::now();
+    loop {
+        if http_ok(port, "/healthz").await {
+            return Ok(());
+        }
+        if let Some(child) = children.get_mut(&function)
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return Err(UpError::FunctionExited {
+                function,
+                status: status.to_string(),
+            });
+        }
+        if started.elapsed() > limit {
+            return Err(UpError::Unhealthy {
+                function,
+                port,
+                waited: limit,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `GET path` on the local port answers 200.
+pub async fn http_ok(port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b" 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Some(true))
+    )
+}
+
+async fn first_exit(children: &mut BTreeMap<Function, Child>) -> UpError {
+    loop {
+        for (function, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return UpError::FunctionExited {
+                    function: *function,
+                    status: status.to_string(),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM to each function (they finish requests in flight), SIGKILL after 5 s.
+async fn stop(children: &mut BTreeMap<Function, Child>) {
+    for child in children.values() {
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for child in children.values_mut() {
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+fn print_banner(args: &UpArgs, config: &Config, seeded: usize) {
+    let frontend = format!("http://127.0.0.1:{}", args.port_of(Function::Frontend));
+    let mut out = String::new();
+    out.push_str("\nThe order saga is up.\n\n");
+    out.push_str(&format!(
+        "  Pub/Sub emulator    127.0.0.1:{}\n  Firestore emulator  127.0.0.1:{}\n  project             {}\n  fault injection     {}\n  seed documents      {} written ({} existing kept)\n\n",
+        args.pubsub_port,
+        args.firestore_port,
+        config.project_id,
+        if config.fault_injection { "on" } else { "off" },
+        seeded,
+        if args.reset_data { "none" } else { "all" },
+    ));
+    for function in Function::ALL {
+        out.push_str(&format!(
+            "  {:<10} http://127.0.0.1:{}\n",
+            function.name(),
+            args.port_of(function)
+        ));
+    }
+    out.push_str(&format!(
+        "\nPlace an order:\n  curl -i -X POST {frontend}/order -H 'Content-Type: application/json' \\\n       -d '{{\"item\":\"widget\",\"quantity\":5,\"user\":\"jack\"}}'\n\
+         Follow it:\n  curl {frontend}/order/<order_id>\n\
+         Watch results (another terminal):\n  export CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://127.0.0.1:{}/ CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_PROJECT={}\n  gcloud pubsub subscriptions pull payment-created-sub --auto-ack\n  gcloud pubsub subscriptions pull error-cli-sub --auto-ack\n\nCtrl-C stops everything.\n",
+        args.pubsub_port, config.project_id
+    ));
+    println!("{out}");
+}
