@@ -251,7 +251,10 @@ async fn park<S>(state: &StepState<S>, body: &[u8], poison: Poison) -> Result<Ac
     // Parking the same message twice writes the same document.
     let id = match &poison.message_id {
         Some(message_id) => format!("{subscription}--{message_id}"),
-        None => uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body).to_string(),
+        None => format!(
+            "{subscription}--{}",
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body)
+        ),
     };
     let text = String::from_utf8_lossy(body);
     let kept = &text[..text.floor_char_boundary(PARKED_BODY_LIMIT)];

@@ -33,10 +33,10 @@ pub fn plan(
     payment: Option<&PaymentDoc>,
     reason: FailureReason,
 ) -> Plan {
-    if let Some(order) = order {
-        if order.status.is_terminal() {
-            return Plan::Skip(format!("order is {}: nothing to compensate", order.status));
-        }
+    if let Some(order) = order
+        && order.status.is_terminal()
+    {
+        return Plan::Skip(format!("order is {}: nothing to compensate", order.status));
     }
     let release = reservation
         .filter(|r| r.status == ReservationStatus::Reserved)

@@ -1,0 +1,193 @@
+//! At-least-once delivery: the same push many times, some at once, has one effect and
+//! re-emits one event id.
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_infra::store::{
+    IdempotencyRecord, OutboxRecord, RequestDoc, ReservationDoc, ReservationStatus, StepRecord,
+    collections,
+};
+use saga_infra::topology::Function;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, ack_kind, spawn_app};
+
+/// Delivers `event` 20 times to `function`: 10 at once, then 10 one after another. Returns
+/// the acks; asserts each is a 200 and that they all name the same emitted event id.
+async fn deliver_20_times(app: &TestApp, function: Function, event: &Event) -> Vec<Value> {
+    let concurrent = join_all((0..10).map(|_| app.push(function, event))).await;
+    let mut acks = Vec::new();
+    for (status, ack) in concurrent {
+        assert_eq!(status, 200, "{function}: {ack}");
+        acks.push(ack);
+    }
+    for _ in 0..10 {
+        let (status, ack) = app.push(function, event).await;
+        assert_eq!(status, 200, "{function}: {ack}");
+        acks.push(ack);
+    }
+    let processed = acks.iter().filter(|a| ack_kind(a) == "processed").count();
+    assert!(processed <= 1, "{function} ran {processed} times: {acks:?}");
+    let emitted: HashSet<String> = acks
+        .iter()
+        .map(|a| a["emitted_event_id"].to_string())
+        .collect();
+    assert_eq!(
+        emitted.len(),
+        1,
+        "{function} emitted several ids: {emitted:?}"
+    );
+    acks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered() {
+    let app = spawn_app().await;
+    let id = Uuid::new_v4();
+    let order = OrderDetails {
+        item: "widget".into(),
+        quantity: 3,
+        user: "jack".into(),
+        payment_error: false,
+    };
+
+    // order: the first delivery comes from us, so exactly one of ours runs the step.
+    let requested = Event::new(
+        id,
+        EventBody::OrderRequested {
+            order: order.clone(),
+        },
+    );
+    let acks = deliver_20_times(&app, Function::Order, &requested).await;
+    assert_eq!(
+        acks.iter().filter(|a| ack_kind(a) == "processed").count(),
+        1
+    );
+
+    // inventory and payments: Pub/Sub's own delivery races ours; one of all of them wins.
+    let created = Event::new(
+        id,
+        EventBody::OrderCreated {
+            order: order.clone(),
+        },
+    );
+    deliver_20_times(&app, Function::Inventory, &created).await;
+    let reserved = Event::new(
+        id,
+        EventBody::InventoryReserved {
+            order: order.clone(),
+            unit_price: 10,
+            amount: 30,
+        },
+    );
+    deliver_20_times(&app, Function::Payments, &reserved).await;
+
+    assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+    assert_eq!(app.stock("widget").await, 10_000 - 3, "stock taken once");
+    assert_eq!(app.balance("jack").await, 100_000 - 30, "charged once");
+
+    let steps: Vec<(String, StepRecord)> = app.docs(collections::STEPS).await;
+    let mut ran: Vec<&str> = steps.iter().map(|(_, s)| s.step.as_str()).collect();
+    ran.sort();
+    assert_eq!(ran, ["inventory", "order", "payments"]);
+    let outbox: Vec<(String, OutboxRecord)> = app.docs(collections::OUTBOX).await;
+    assert_eq!(outbox.len(), 3, "one outgoing event per step: {outbox:?}");
+    assert!(outbox.iter().all(|(_, o)| o.published));
+
+    // Whatever was published twice was the same event.
+    let pulled = app
+        .pull_until("payment-created-sub", |es| {
+            es.iter().any(|e| e.order_id == id)
+        })
+        .await;
+    let ids: HashSet<Uuid> = pulled.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 1, "{pulled:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_compensates_once_however_often_the_error_arrives() {
+    let app = spawn_app().await;
+    let id = app
+        .place(json!({"item": "wotsit", "quantity": 80, "user": "jill", "payment-error": "null"}))
+        .await;
+    assert_eq!(app.wait_terminal(id).await["status"], "COMPENSATED");
+
+    let failed = Event::new(
+        id,
+        EventBody::SagaFailed {
+            order: OrderDetails {
+                item: "wotsit".into(),
+                quantity: 80,
+                user: "jill".into(),
+                payment_error: true,
+            },
+            reason: FailureReason::PaymentError,
+            step: "payments".into(),
+        },
+    );
+    let acks = deliver_20_times(&app, Function::Janitor, &failed).await;
+    assert!(acks.iter().all(|a| ack_kind(a) == "duplicate"), "{acks:?}");
+    assert_eq!(app.stock("wotsit").await, 20_000, "released exactly once");
+    assert_eq!(app.balance("jill").await, 100_000);
+    let reservation: ReservationDoc = app
+        .doc(collections::RESERVATIONS, &id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(reservation.status, ReservationStatus::Released);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_replay_returns_the_same_order_and_starts_no_second_saga() {
+    let app = spawn_app().await;
+    let body = json!({"item": "widget", "quantity": 2, "user": "jack"});
+    let post = |key: &'static str, body: Value| {
+        let request = app
+            .http
+            .post(app.url(Function::Frontend, "/order"))
+            .header("idempotency-key", key)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let responses = join_all((0..5).map(|_| post("order-42", body.clone()))).await;
+    let mut ids = HashSet::new();
+    let mut replays = 0;
+    for response in responses {
+        assert_eq!(response.status(), 202);
+        replays += usize::from(response.headers().contains_key("idempotent-replayed"));
+        let view: Value = response.json().await.unwrap();
+        ids.insert(view["order_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(replays, 4);
+    let id: Uuid = ids.into_iter().next().unwrap().parse().unwrap();
+    assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+
+    // Once more after completion: the same order, as it is now.
+    let again: Value = post("order-42", body.clone()).await.json().await.unwrap();
+    assert_eq!(
+        (again["order_id"].as_str(), again["status"].as_str()),
+        (Some(id.to_string().as_str()), Some("COMPLETED"))
+    );
+
+    // The same key with another body is refused.
+    let other = post(
+        "order-42",
+        json!({"item": "widget", "quantity": 3, "user": "jack"}),
+    )
+    .await;
+    assert_eq!(other.status(), 422);
+    let error: Value = other.json().await.unwrap();
+    assert_eq!(error["field"], "Idempotency-Key");
+
+    assert_eq!(app.docs::<RequestDoc>(collections::REQUESTS).await.len(), 1);
+    assert_eq!(
+        app.docs::<IdempotencyRecord>(collections::IDEMPOTENCY_KEYS)
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(app.stock("widget").await, 10_000 - 2);
+}

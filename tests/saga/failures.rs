@@ -1,0 +1,137 @@
+use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_infra::store::{
+    PaymentDoc, ReservationDoc, ReservationStatus, StepRecord, collections, step_record_id,
+};
+use saga_infra::topology::Function;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{ack_kind, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_enough_stock_is_compensated_and_nothing_moves() {
+    let app = spawn_app().await;
+    let id = app
+        .place(json!({"item": "wotsit", "quantity": 500000, "user": "jill"}))
+        .await;
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "COMPENSATED");
+    assert_eq!(order["reason"], "insufficient-stock");
+    assert_eq!(app.stock("wotsit").await, 20_000);
+    assert_eq!(app.balance("jill").await, 100_000);
+    assert!(
+        app.doc::<ReservationDoc>(collections::RESERVATIONS, &id.to_string())
+            .await
+            .is_none()
+    );
+
+    // The failure is visible on error-cli-sub without stealing it from the janitor.
+    let events = app
+        .pull_until("error-cli-sub", |es| es.iter().any(|e| e.order_id == id))
+        .await;
+    let failed = events.iter().find(|e| e.order_id == id).unwrap();
+    assert!(matches!(
+        &failed.body,
+        EventBody::SagaFailed { reason: FailureReason::InsufficientStock, step, .. } if step == "inventory"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_payment_releases_exactly_the_reserved_stock() {
+    let app = spawn_app().await;
+    let id = app
+        .place(json!({"item": "wotsit", "quantity": 80, "user": "jill", "payment-error": "null"}))
+        .await;
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "COMPENSATED");
+    assert_eq!(order["reason"], "payment-error");
+    assert_eq!(app.stock("wotsit").await, 20_000);
+    assert_eq!(app.balance("jill").await, 100_000);
+    let reservation: ReservationDoc = app
+        .doc(collections::RESERVATIONS, &id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        reservation.status,
+        ReservationStatus::Released,
+        "kept as an audit record"
+    );
+    assert!(
+        app.doc::<PaymentDoc>(collections::PAYMENTS, &id.to_string())
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_payment_failure_an_unknown_user_and_an_unknown_item_are_compensated() {
+    let app = spawn_app().await;
+    let poor = app
+        .place(json!({"item": "widget", "quantity": 1, "user": "penny"}))
+        .await;
+    let stranger = app
+        .place(json!({"item": "widget", "quantity": 1, "user": "nobody"}))
+        .await;
+    let gadget = app
+        .place(json!({"item": "gadget", "quantity": 1, "user": "jack"}))
+        .await;
+    for (id, reason) in [
+        (poor, "insufficient-funds"),
+        (stranger, "unknown-user"),
+        (gadget, "unknown-item"),
+    ] {
+        let order = app.wait_terminal(id).await;
+        assert_eq!(
+            (order["status"].as_str(), order["reason"].as_str()),
+            (Some("COMPENSATED"), Some(reason))
+        );
+    }
+    // The unknown user failed before anything was reserved.
+    let inventory = step_record_id(&stranger.to_string(), "inventory");
+    assert!(
+        app.doc::<StepRecord>(collections::STEPS, &inventory)
+            .await
+            .is_none()
+    );
+    assert_eq!(app.stock("widget").await, 10_000);
+    assert_eq!(app.balance("penny").await, 5);
+    assert_eq!(app.balance("jack").await, 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_overtakes_the_order_leaves_a_tombstone_the_late_order_respects() {
+    let app = spawn_app().await;
+    let id = Uuid::new_v4();
+    let order = OrderDetails {
+        item: "widget".into(),
+        quantity: 2,
+        user: "jack".into(),
+        payment_error: false,
+    };
+    let failed = Event::new(
+        id,
+        EventBody::SagaFailed {
+            order: order.clone(),
+            reason: FailureReason::Timeout,
+            step: "test".into(),
+        },
+    );
+    let (status, ack) = app.push(Function::Janitor, &failed).await;
+    assert_eq!((status, ack_kind(&ack)), (200, "processed"), "{ack}");
+
+    let late = Event::new(id, EventBody::OrderRequested { order });
+    let (status, ack) = app.push(Function::Order, &late).await;
+    assert_eq!((status, ack_kind(&ack)), (200, "processed"), "{ack}");
+    assert_eq!(
+        ack["emitted_event_id"],
+        serde_json::Value::Null,
+        "no order-created: {ack}"
+    );
+
+    let order = app.get_order(id).await;
+    assert_eq!(
+        (order["status"].as_str(), order["reason"].as_str()),
+        (Some("COMPENSATED"), Some("timeout"))
+    );
+    assert_eq!(app.stock("widget").await, 10_000);
+}

@@ -1,0 +1,104 @@
+use saga_infra::events::{EventBody, OrderStatus};
+use saga_infra::store::{
+    PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus, collections,
+};
+use saga_infra::topology::Function;
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_completes_once_and_its_payment_event_can_be_pulled() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_order(&json!({"item": "widget", "quantity": 5, "user": "jack"}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let id: uuid::Uuid = accepted["order_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(accepted["status"], "PENDING");
+    assert_eq!(location, format!("/order/{id}"));
+
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    assert_eq!(order["amount"], 50);
+    assert_eq!(app.stock("widget").await, 10_000 - 5);
+    assert_eq!(app.balance("jack").await, 100_000 - 50);
+    let payment: PaymentDoc = app
+        .doc(collections::PAYMENTS, &id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        (payment.amount, payment.status),
+        (50, PaymentStatus::Captured)
+    );
+    let reservation: ReservationDoc = app
+        .doc(collections::RESERVATIONS, &id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(reservation.status, ReservationStatus::Reserved);
+
+    let events = app
+        .pull_until("payment-created-sub", |es| {
+            es.iter().any(|e| e.order_id == id)
+        })
+        .await;
+    let event = events.iter().find(|e| e.order_id == id).unwrap();
+    assert!(matches!(
+        event.body,
+        EventBody::PaymentCreated { amount: 50, .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_designs_examples_complete() {
+    let app = spawn_app().await;
+    let widget = app
+        .place(json!({"item": "widget", "quantity": 50, "user": "jack"}))
+        .await;
+    let wotsit = app
+        .place(json!({"item": "wotsit", "quantity": 80, "user": "jill"}))
+        .await;
+    for id in [widget, wotsit] {
+        assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+    }
+    assert_eq!(app.stock("widget").await, 10_000 - 50);
+    assert_eq!(app.stock("wotsit").await, 20_000 - 80);
+    assert_eq!(app.balance("jack").await, 100_000 - 500);
+    assert_eq!(app.balance("jill").await, 100_000 - 1_200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_function_answers_its_health_check() {
+    let app = spawn_app().await;
+    for function in Function::ALL {
+        let response = app
+            .http
+            .get(app.url(function, "/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{function}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["function"], function.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_pending_until_the_order_step_has_run() {
+    let mut app = spawn_app().await;
+    app.stop(Function::Order).await;
+    let id = app
+        .place(json!({"item": "widget", "quantity": 1, "user": "jack"}))
+        .await;
+    assert_eq!(
+        app.get_order(id).await["status"],
+        OrderStatus::Pending.as_str()
+    );
+    // Pub/Sub keeps redelivering to the stopped function; on the same port again, it completes.
+    let port = app.ports[&Function::Order];
+    app.start(Function::Order, port).await;
+    assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+}

@@ -1,0 +1,338 @@
+//! The test harness: real emulators (started once per test run, or reused from
+//! `PUBSUB_EMULATOR_HOST` / `FIRESTORE_EMULATOR_HOST`), and per test a fresh project id with
+//! its own topology, seed data and five in-process functions on free ports.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use saga_emulator::{Emulator, Kind, SeedMode};
+use saga_infra::config::Config;
+use saga_infra::events::Event;
+use saga_infra::runtime::{Runtime, Server};
+use saga_infra::store::{ItemDoc, Store, UserDoc, collections};
+use saga_infra::topology::Function;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{OnceCell, oneshot};
+use uuid::Uuid;
+
+pub struct Hosts {
+    pub pubsub: String,
+    pub firestore: String,
+}
+
+static HOSTS: OnceCell<Hosts> = OnceCell::const_new();
+/// Kept for the life of the test binary; their watchdogs stop them when it exits.
+static EMULATORS: Mutex<Vec<Emulator>> = Mutex::new(Vec::new());
+
+/// The emulators every test shares. Never skipped: if they cannot start, every test fails
+/// and says why.
+pub async fn hosts() -> &'static Hosts {
+    HOSTS
+        .get_or_init(|| async {
+            let given = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+            if let (Some(pubsub), Some(firestore)) = (
+                given("PUBSUB_EMULATOR_HOST"),
+                given("FIRESTORE_EMULATOR_HOST"),
+            ) {
+                return Hosts { pubsub, firestore };
+            }
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulators");
+            std::fs::create_dir_all(&dir).expect("creating the emulator log directory");
+            let host = || {
+                format!(
+                    "127.0.0.1:{}",
+                    saga_emulator::free_port().expect("free port")
+                )
+            };
+            let (pubsub_host, firestore_host) = (host(), host());
+            let (pubsub_log, firestore_log) = (dir.join("pubsub.log"), dir.join("firestore.log"));
+            let (pubsub, firestore) = tokio::join!(
+                Emulator::start(Kind::PubSub, &pubsub_host, "saga-tests", &pubsub_log),
+                Emulator::start(
+                    Kind::Firestore,
+                    &firestore_host,
+                    "saga-tests",
+                    &firestore_log
+                ),
+            );
+            let (pubsub, firestore) = match (pubsub, firestore) {
+                (Ok(p), Ok(f)) => (p, f),
+                (Err(e), _) | (_, Err(e)) => {
+                    panic!("the emulator tests need the emulators, which could not start: {e}")
+                }
+            };
+            EMULATORS
+                .lock()
+                .expect("emulator list")
+                .extend([pubsub, firestore]);
+            Hosts {
+                pubsub: pubsub_host,
+                firestore: firestore_host,
+            }
+        })
+        .await
+}
+
+pub struct Options {
+    pub fault_injection: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fault_injection: true,
+        }
+    }
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct TestApp {
+    pub project: String,
+    pub config: Config,
+    pub store: Store,
+    pub http: reqwest::Client,
+    pub pubsub_host: String,
+    pub ports: BTreeMap<Function, u16>,
+    running: BTreeMap<Function, Running>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let hosts = hosts().await;
+    let project = format!("t-{}", &Uuid::new_v4().simple().to_string()[..16]);
+    let config = Config {
+        fault_injection: options.fault_injection,
+        ..Config::emulators(&project, &hosts.pubsub, &hosts.firestore)
+    };
+    let store = Store::connect(&project, &config.firestore)
+        .await
+        .expect("connecting to the Firestore emulator");
+    saga_emulator::seed(&store, SeedMode::IfAbsent)
+        .await
+        .expect("seeding");
+
+    let mut app = TestApp {
+        project,
+        config,
+        store,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client"),
+        pubsub_host: hosts.pubsub.clone(),
+        ports: BTreeMap::new(),
+        running: BTreeMap::new(),
+    };
+    for function in Function::ALL {
+        app.start(function, 0).await;
+    }
+    let ports = app.ports.clone();
+    saga_emulator::create_topology(&app.project, &app.pubsub_host, |s| {
+        format!("http://127.0.0.1:{}{}", ports[&s.function], s.path)
+    })
+    .await
+    .expect("creating the topology");
+    app
+}
+
+impl TestApp {
+    /// Starts `function` in-process on `port` (0: any free port).
+    pub async fn start(&mut self, function: Function, port: u16) {
+        let config = Config {
+            port,
+            ..self.config.clone()
+        };
+        let runtime = Runtime::connect(function, config.clone())
+            .await
+            .expect("connecting a function");
+        let server = Server::bind(function, &config, saga::router_for(function)(runtime))
+            .await
+            .expect("binding a function");
+        self.ports.insert(function, server.local_addr().port());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        self.running.insert(function, Running { stop, task });
+    }
+
+    /// Stops `function` (its port refuses connections until it is started again).
+    pub async fn stop(&mut self, function: Function) {
+        if let Some(running) = self.running.remove(&function) {
+            let _ = running.stop.send(());
+            let _ = running.task.await;
+        }
+    }
+
+    pub fn url(&self, function: Function, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[&function])
+    }
+
+    pub async fn post_order(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(Function::Frontend, "/order"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /order")
+    }
+
+    /// Places an order and returns its id, asserting it was accepted.
+    pub async fn place(&self, body: Value) -> Uuid {
+        let response = self.post_order(&body).await;
+        assert_eq!(response.status(), 202, "placing {body}");
+        let view: Value = response.json().await.expect("order JSON");
+        view["order_id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("an order id")
+    }
+
+    pub async fn get_order(&self, id: Uuid) -> Value {
+        let response = self
+            .http
+            .get(self.url(Function::Frontend, &format!("/order/{id}")))
+            .send()
+            .await
+            .expect("GET /order");
+        assert_eq!(response.status(), 200, "GET /order/{id}");
+        response.json().await.expect("order JSON")
+    }
+
+    /// Waits until the order is COMPLETED or COMPENSATED, and returns it.
+    pub async fn wait_terminal(&self, id: Uuid) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let order = self.get_order(id).await;
+            if matches!(order["status"].as_str(), Some("COMPLETED" | "COMPENSATED")) {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} is not terminal: {order}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stock(&self, item: &str) -> i64 {
+        self.doc::<ItemDoc>(collections::INVENTORY, item)
+            .await
+            .expect("item")
+            .stock
+    }
+
+    pub async fn balance(&self, user: &str) -> i64 {
+        self.doc::<UserDoc>(collections::USERS, user)
+            .await
+            .expect("user")
+            .balance
+    }
+
+    pub async fn doc<T: DeserializeOwned + Send>(&self, collection: &str, id: &str) -> Option<T> {
+        self.store.get(collection, id).await.expect("reading a doc")
+    }
+
+    pub async fn docs<T: DeserializeOwned + Send>(&self, collection: &str) -> Vec<(String, T)> {
+        self.store.all(collection).await.expect("listing docs")
+    }
+
+    /// Delivers `event` to `function`'s push endpoint as Pub/Sub would.
+    pub async fn push(&self, function: Function, event: &Event) -> (u16, Value) {
+        let subscription = function.consumes().next().expect("a push function");
+        let body = saga_infra::push::encode(
+            subscription.name,
+            &Uuid::new_v4().simple().to_string(),
+            event,
+        );
+        self.push_raw(function, body.to_string().into_bytes()).await
+    }
+
+    pub async fn push_raw(&self, function: Function, body: Vec<u8>) -> (u16, Value) {
+        let subscription = function.consumes().next().expect("a push function");
+        let response = self
+            .http
+            .post(self.url(function, subscription.path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("push");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Pulls (and acknowledges) from a pull subscription until `done` holds for what was
+    /// pulled so far, through the emulator's REST API as `gcloud pubsub subscriptions pull` does.
+    pub async fn pull_until(
+        &self,
+        subscription: &str,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let url = format!(
+            "http://{}/v1/projects/{}/subscriptions/{subscription}",
+            self.pubsub_host, self.project
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut events = Vec::new();
+        while !done(&events) {
+            assert!(
+                Instant::now() < deadline,
+                "{subscription}: not found in {events:?}"
+            );
+            let pulled: Value = self
+                .http
+                .post(format!("{url}:pull"))
+                .json(&serde_json::json!({"maxMessages": 100, "returnImmediately": true}))
+                .send()
+                .await
+                .expect("pull")
+                .json()
+                .await
+                .expect("pull JSON");
+            let received = pulled["receivedMessages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut ack_ids = Vec::new();
+            for m in &received {
+                ack_ids.push(m["ackId"].clone());
+                let data = STANDARD
+                    .decode(m["message"]["data"].as_str().unwrap_or_default())
+                    .expect("base64");
+                events.push(serde_json::from_slice(&data).expect("an event"));
+            }
+            if !ack_ids.is_empty() {
+                self.http
+                    .post(format!("{url}:acknowledge"))
+                    .json(&serde_json::json!({ "ackIds": ack_ids }))
+                    .send()
+                    .await
+                    .expect("acknowledge");
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        events
+    }
+}
+
+/// The kind of acknowledgement a push got.
+pub fn ack_kind(body: &Value) -> &str {
+    body["ack"].as_str().unwrap_or("none")
+}
