@@ -63,6 +63,34 @@ pub enum UpError {
     FunctionExited { function: Function, status: String },
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeedArgs {
+    /// Project id on the emulators.
+    #[arg(long, default_value = "saga-local")]
+    pub project: String,
+    /// `host:port` of the Firestore emulator.
+    #[arg(
+        long,
+        env = "FIRESTORE_EMULATOR_HOST",
+        default_value = "127.0.0.1:8086"
+    )]
+    pub firestore: String,
+    /// Put stock and balances back to their seed values.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// `saga seed`: seeds a running Firestore emulator; returns how many documents it wrote.
+pub async fn seed(args: SeedArgs) -> Result<usize, UpError> {
+    let store = Store::connect(&args.project, &Endpoint::Emulator(args.firestore)).await?;
+    let mode = if args.reset {
+        SeedMode::Reset
+    } else {
+        SeedMode::IfAbsent
+    };
+    Ok(saga_emulator::seed(&store, mode).await?)
+}
+
 impl UpArgs {
     pub fn port_of(&self, function: Function) -> u16 {
         let offset = Function::ALL

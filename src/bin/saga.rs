@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Start everything locally on the emulators, until Ctrl-C.
     Up(saga::up::UpArgs),
+    /// Seed the catalogue and users on the emulators (only what is missing, or --reset).
+    Seed(saga::up::SeedArgs),
     /// Run one function, configured from the environment (what its container runs).
     Serve {
         /// frontend, order, inventory, payments or janitor.
@@ -57,6 +59,16 @@ async fn main() -> ExitCode {
                 None => saga_infra::runtime::main(function, router).await,
             }
         }
+        Command::Seed(args) => match saga::up::seed(args).await {
+            Ok(written) => {
+                println!("{written} seed documents written");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("saga seed: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Up(args) => match saga::up::up(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

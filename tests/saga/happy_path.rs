@@ -102,3 +102,29 @@ async fn an_order_is_pending_until_the_order_step_has_run() {
     app.start(Function::Order, port).await;
     assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_is_idempotent_and_can_reset_to_the_seed_state() {
+    use saga_emulator::{SeedMode, seed};
+    let app = spawn_app().await;
+    let id = app
+        .place(json!({"item": "widget", "quantity": 7, "user": "jack"}))
+        .await;
+    assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+
+    assert_eq!(
+        seed(&app.store, SeedMode::IfAbsent).await.unwrap(),
+        0,
+        "nothing missing"
+    );
+    assert_eq!(app.stock("widget").await, 10_000 - 7, "existing data kept");
+
+    assert_eq!(seed(&app.store, SeedMode::Reset).await.unwrap(), 5);
+    assert_eq!(app.stock("widget").await, 10_000);
+    assert_eq!(app.balance("jack").await, 100_000);
+    assert_eq!(
+        app.balance("penny").await,
+        5,
+        "one user cannot afford a widget"
+    );
+}

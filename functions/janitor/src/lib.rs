@@ -34,7 +34,7 @@ pub fn plan(
     reason: FailureReason,
 ) -> Plan {
     if let Some(order) = order
-        && order.status.is_terminal()
+        && !order.status.can_move_to(OrderStatus::Compensated)
     {
         return Plan::Skip(format!("order is {}: nothing to compensate", order.status));
     }
