@@ -75,14 +75,23 @@ pub struct SeedArgs {
         default_value = "127.0.0.1:8086"
     )]
     pub firestore: String,
+    /// Seed the project's Firestore on Google Cloud (Application Default Credentials)
+    /// instead of the emulator.
+    #[arg(long)]
+    pub cloud: bool,
     /// Put stock and balances back to their seed values.
     #[arg(long)]
     pub reset: bool,
 }
 
-/// `saga seed`: seeds a running Firestore emulator; returns how many documents it wrote.
+/// `saga seed`: seeds the emulator, or a project on Google Cloud; returns how many documents it wrote.
 pub async fn seed(args: SeedArgs) -> Result<usize, UpError> {
-    let store = Store::connect(&args.project, &Endpoint::Emulator(args.firestore)).await?;
+    let endpoint = if args.cloud {
+        Endpoint::Cloud
+    } else {
+        Endpoint::Emulator(args.firestore)
+    };
+    let store = Store::connect(&args.project, &endpoint).await?;
     let mode = if args.reset {
         SeedMode::Reset
     } else {

@@ -8,9 +8,17 @@
 //! | `FIRESTORE_EMULATOR_HOST` | `host:port` of the Firestore emulator | Google Cloud |
 //! | `SAGA_FAULT_INJECTION` | honour the `payment-error` fault switch (`true`/`false`) | `false` |
 //! | `SAGA_BIND` | address to listen on | `127.0.0.1` on the emulators, `0.0.0.0` otherwise |
+//! | `SAGA_PUSH_AUDIENCE` | audience of push tokens (the service URL); turns push auth on | none |
+//! | `SAGA_PUSH_SERVICE_ACCOUNT` | the push service account's email; with the audience | none |
+//! | `SAGA_PUSH_JWKS_URL` | where the token signing keys are | Google's |
+//! | `SAGA_PUSH_AUTH` | `disabled` turns push auth off explicitly | on in the cloud |
+//!
+//! Push authentication is required when not on the emulators: a function in the cloud with
+//! neither the audience and account nor an explicit `SAGA_PUSH_AUTH=disabled` refuses to start.
 
 use std::net::IpAddr;
 
+use crate::push_auth::{GOOGLE_JWKS_URL, OidcSettings};
 use crate::topology::Function;
 
 pub const DEFAULT_LOCAL_PROJECT: &str = "saga-local";
@@ -30,6 +38,14 @@ impl Endpoint {
     }
 }
 
+/// Whether push deliveries must carry a valid Google OIDC token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushAuth {
+    /// The emulators send no token; in the cloud only by explicit choice.
+    Disabled,
+    Oidc(OidcSettings),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub project_id: String,
@@ -38,6 +54,7 @@ pub struct Config {
     pub fault_injection: bool,
     pub bind: IpAddr,
     pub port: u16,
+    pub push_auth: PushAuth,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +67,13 @@ pub enum ConfigError {
     },
     #[error("GOOGLE_CLOUD_PROJECT must be set when not running on the emulators")]
     MissingProject,
+    #[error(
+        "push authentication is required in the cloud: set SAGA_PUSH_AUDIENCE and \
+         SAGA_PUSH_SERVICE_ACCOUNT (or SAGA_PUSH_AUTH=disabled to turn it off explicitly)"
+    )]
+    PushAuthRequired,
+    #[error("{0} is set without {1}: push authentication needs both")]
+    PushAuthIncomplete(&'static str, &'static str),
 }
 
 impl Config {
@@ -62,6 +86,7 @@ impl Config {
             fault_injection: false,
             bind: IpAddr::from([127, 0, 0, 1]),
             port: 0,
+            push_auth: PushAuth::Disabled,
         }
     }
 
@@ -113,6 +138,39 @@ impl Config {
                 reason: "expected an IP address",
             })?,
         };
+        let push_auth = match (
+            set("SAGA_PUSH_AUTH").as_deref(),
+            set("SAGA_PUSH_AUDIENCE"),
+            set("SAGA_PUSH_SERVICE_ACCOUNT"),
+        ) {
+            (Some("disabled"), _, _) => PushAuth::Disabled,
+            (Some(other), _, _) => {
+                return Err(ConfigError::Invalid {
+                    name: "SAGA_PUSH_AUTH",
+                    value: other.to_owned(),
+                    reason: "the only value is disabled",
+                });
+            }
+            (None, Some(audience), Some(service_account)) => PushAuth::Oidc(OidcSettings {
+                audience,
+                service_account,
+                jwks_url: set("SAGA_PUSH_JWKS_URL").unwrap_or_else(|| GOOGLE_JWKS_URL.into()),
+            }),
+            (None, Some(_), None) => {
+                return Err(ConfigError::PushAuthIncomplete(
+                    "SAGA_PUSH_AUDIENCE",
+                    "SAGA_PUSH_SERVICE_ACCOUNT",
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::PushAuthIncomplete(
+                    "SAGA_PUSH_SERVICE_ACCOUNT",
+                    "SAGA_PUSH_AUDIENCE",
+                ));
+            }
+            (None, None, None) if local => PushAuth::Disabled,
+            (None, None, None) => return Err(ConfigError::PushAuthRequired),
+        };
         Ok(Config {
             project_id,
             pubsub,
@@ -120,6 +178,7 @@ impl Config {
             fault_injection,
             bind,
             port,
+            push_auth,
         })
     }
 }
@@ -151,10 +210,51 @@ mod tests {
         assert_eq!(c.pubsub, Endpoint::Emulator("127.0.0.1:8085".into()));
     }
 
+    const CLOUD: [(&str, &str); 3] = [
+        ("GOOGLE_CLOUD_PROJECT", "shop"),
+        (
+            "SAGA_PUSH_AUDIENCE",
+            "https://saga-order-1.europe-west1.run.app",
+        ),
+        (
+            "SAGA_PUSH_SERVICE_ACCOUNT",
+            "saga-push@shop.iam.gserviceaccount.com",
+        ),
+    ];
+
+    #[test]
+    fn in_the_cloud_push_auth_is_on_unless_explicitly_disabled() {
+        let c = config(&CLOUD).unwrap();
+        let PushAuth::Oidc(oidc) = c.push_auth else {
+            panic!("push auth off in the cloud");
+        };
+        assert_eq!(oidc.jwks_url, GOOGLE_JWKS_URL);
+        assert_eq!(
+            config(&[("GOOGLE_CLOUD_PROJECT", "shop")]),
+            Err(ConfigError::PushAuthRequired)
+        );
+        assert!(matches!(
+            config(&CLOUD[..2]),
+            Err(ConfigError::PushAuthIncomplete(..))
+        ));
+        let off = config(&[
+            ("GOOGLE_CLOUD_PROJECT", "shop"),
+            ("SAGA_PUSH_AUTH", "disabled"),
+        ]);
+        assert_eq!(off.unwrap().push_auth, PushAuth::Disabled);
+        let bad = config(&[
+            ("GOOGLE_CLOUD_PROJECT", "shop"),
+            ("SAGA_PUSH_AUTH", "maybe"),
+        ]);
+        assert!(bad.unwrap_err().to_string().contains("SAGA_PUSH_AUTH"));
+    }
+
     #[test]
     fn in_the_cloud_the_project_is_required_and_port_comes_from_cloud_run() {
         assert_eq!(config(&[]), Err(ConfigError::MissingProject));
-        let c = config(&[("GOOGLE_CLOUD_PROJECT", "shop"), ("PORT", "9000")]).unwrap();
+        let mut vars = CLOUD.to_vec();
+        vars.push(("PORT", "9000"));
+        let c = config(&vars).unwrap();
         assert_eq!(
             (c.port, c.pubsub, c.firestore),
             (9000, Endpoint::Cloud, Endpoint::Cloud)
@@ -164,17 +264,19 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = config(&[("GOOGLE_CLOUD_PROJECT", "p"), ("PORT", "eighty")]).unwrap_err();
+        let with = |extra: (&'static str, &'static str)| {
+            let mut vars = CLOUD.to_vec();
+            vars.push(extra);
+            config(&vars)
+        };
+        let e = with(("PORT", "eighty")).unwrap_err();
         assert!(e.to_string().contains("PORT"));
-        let e = config(&[
-            ("GOOGLE_CLOUD_PROJECT", "p"),
-            ("SAGA_FAULT_INJECTION", "maybe"),
-        ]);
-        assert!(e.unwrap_err().to_string().contains("SAGA_FAULT_INJECTION"));
-        let c = config(&[
-            ("GOOGLE_CLOUD_PROJECT", "p"),
-            ("SAGA_FAULT_INJECTION", "true"),
-        ]);
-        assert!(c.unwrap().fault_injection);
+        let e = with(("SAGA_FAULT_INJECTION", "maybe")).unwrap_err();
+        assert!(e.to_string().contains("SAGA_FAULT_INJECTION"));
+        assert!(
+            with(("SAGA_FAULT_INJECTION", "true"))
+                .unwrap()
+                .fault_injection
+        );
     }
 }

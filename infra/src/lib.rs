@@ -2,7 +2,7 @@
 //!
 //! - [`topology`]: topics, subscriptions and who consumes what, defined once;
 //! - [`events`]: the event contracts and the order's status machine;
-//! - [`push`]: the Pub/Sub push envelope;
+//! - [`push`], [`push_auth`]: the Pub/Sub push envelope, and its OIDC authentication;
 //! - [`store`]: Firestore documents and transactions;
 //! - [`outbox`] and [`publisher`]: events committed with their effect, published after;
 //! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
@@ -13,6 +13,7 @@ pub mod events;
 pub mod outbox;
 pub mod publisher;
 pub mod push;
+pub mod push_auth;
 pub mod runtime;
 pub mod step;
 pub mod store;

@@ -167,6 +167,9 @@ async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let config = Config::from_env(function)?;
+    if config.push_auth == crate::config::PushAuth::Disabled && !config.pubsub.is_emulator() {
+        tracing::warn!("push authentication is DISABLED in the cloud (SAGA_PUSH_AUTH=disabled)");
+    }
     let runtime = Runtime::connect(function, config.clone()).await?;
     let server = Server::bind(function, &config, router(runtime)).await?;
     tracing::info!(
@@ -175,6 +178,7 @@ async fn run(
         pubsub = ?config.pubsub,
         firestore = ?config.firestore,
         fault_injection = config.fault_injection,
+        push_auth = matches!(config.push_auth, crate::config::PushAuth::Oidc(_)),
         "{function} ready"
     );
     server.run(shutdown).await

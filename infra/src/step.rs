@@ -26,9 +26,11 @@ use jiff::Timestamp;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::config::PushAuth;
 use crate::events::{Event, EventBody};
 use crate::outbox::{self, DeliverError};
 use crate::push::{self, Poison};
+use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
 use crate::store::{
     OutboxRecord, ParkedMessage, StepRecord, StoreError, Tx, collections, expiry_from,
@@ -121,10 +123,11 @@ struct StepState<S> {
     subscription: &'static PushSubscription,
 }
 
-/// The router of a push-triggered function: its push endpoint(s), from the topology.
+/// The router of a push-triggered function: its push endpoint(s), from the topology, behind
+/// push authentication when it is configured.
 pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
     let step = Arc::new(step);
-    runtime
+    let router = runtime
         .function
         .consumes()
         .fold(Router::new(), |router, subscription| {
@@ -134,7 +137,14 @@ pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
                 subscription,
             });
             router.route(subscription.path, post(handle::<S>).with_state(state))
-        })
+        });
+    match &runtime.config.push_auth {
+        PushAuth::Disabled => router,
+        PushAuth::Oidc(settings) => router.layer(axum::middleware::from_fn_with_state(
+            OidcVerifier::new(settings.clone()),
+            require_push_token,
+        )),
+    }
 }
 
 async fn handle<S: Step>(

@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Start everything locally on the emulators, until Ctrl-C.
     Up(saga::up::UpArgs),
-    /// Seed the catalogue and users on the emulators (only what is missing, or --reset).
+    /// Seed the catalogue and users (only what is missing, or --reset), locally or --cloud.
     Seed(saga::up::SeedArgs),
     /// Run one function, configured from the environment (what its container runs).
     Serve {

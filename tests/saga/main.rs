@@ -1,8 +1,10 @@
 //! Integration tests against the real Pub/Sub and Firestore emulators.
 
 mod bad_input;
+mod deploy;
 mod duplicates;
 mod failures;
 mod happy_path;
 mod helpers;
+mod push_auth;
 mod saga_up;

@@ -1,0 +1,117 @@
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+locals {
+  apis = [
+    "run.googleapis.com",
+    "pubsub.googleapis.com",
+    "firestore.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",
+  ]
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  registry             = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.saga.repository_id}"
+}
+
+resource "google_project_service" "apis" {
+  for_each           = toset(local.apis)
+  service            = each.value
+  disable_on_destroy = false
+}
+
+# Firestore (native mode), with TTL policies so idempotency and outbox records expire.
+resource "google_firestore_database" "main" {
+  name                              = "(default)"
+  location_id                       = var.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = "DELETE_PROTECTION_ENABLED"
+  depends_on                        = [google_project_service.apis]
+}
+
+resource "google_firestore_field" "expire_at" {
+  for_each   = toset(["steps", "outbox", "idempotency_keys"])
+  database   = google_firestore_database.main.name
+  collection = each.value
+  field      = "expire_at"
+  ttl_config {}
+  # No single-field indexes on a TTL timestamp: they only cost writes.
+  index_config {}
+}
+
+resource "google_artifact_registry_repository" "saga" {
+  #checkov:skip=CKV_GCP_84:Images hold no data and are encrypted at rest with Google-managed keys; customer-managed keys would add a KMS key ring this deployment would have to own and rotate.
+  location      = var.region
+  repository_id = "saga"
+  format        = "DOCKER"
+  description   = "Images of the order saga's functions."
+  depends_on    = [google_project_service.apis]
+}
+
+# Every topic of the topology, and a dead-letter topic per push subscription.
+resource "google_pubsub_topic" "topics" {
+  #checkov:skip=CKV_GCP_83:Messages carry order ids, items and quantities, no payment data, and expire within 7 days; Google-managed encryption at rest is used rather than a customer-managed KMS key.
+  for_each                   = toset(concat(local.topics, local.dead_letter_topics))
+  name                       = each.value
+  message_retention_duration = "604800s"
+  depends_on                 = [google_project_service.apis]
+}
+
+# Pull subscriptions for people (results) and operators (dead letters).
+resource "google_pubsub_subscription" "pull" {
+  for_each                   = local.pull_subscriptions
+  name                       = each.key
+  topic                      = google_pubsub_topic.topics[each.value].id
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# The identity Pub/Sub signs push requests as; the functions accept no other.
+resource "google_service_account" "push" {
+  account_id   = "saga-push"
+  display_name = "Pub/Sub push to the saga functions"
+  depends_on   = [google_project_service.apis]
+}
+
+# The Pub/Sub service agent mints the push identity's OIDC tokens...
+resource "google_service_account_iam_member" "push_token_creator" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_service_agent
+}
+
+# ...and forwards undeliverable messages to the dead-letter topics.
+resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
+  for_each = toset(local.dead_letter_topics)
+  topic    = google_pubsub_topic.topics[each.value].id
+  role     = "roles/pubsub.publisher"
+  member   = local.pubsub_service_agent
+}
+
+# One module per function: service account, Cloud Run service, its push subscriptions, IAM.
+module "function" {
+  source   = "./modules/function"
+  for_each = local.functions
+
+  name                       = each.key
+  project_id                 = var.project_id
+  project_number             = data.google_project.this.number
+  region                     = var.region
+  image                      = lookup(var.images, each.key, "${local.registry}/${each.key}:${var.image_tag}")
+  public                     = each.value.public
+  publishes                  = each.value.publishes
+  subscriptions              = each.value.subscriptions
+  topic_ids                  = { for name, topic in google_pubsub_topic.topics : name => topic.id }
+  push_service_account_email = google_service_account.push.email
+  pubsub_service_agent       = local.pubsub_service_agent
+  fault_injection            = var.fault_injection
+  max_instances              = var.max_instances
+
+  depends_on = [google_firestore_database.main]
+}

@@ -1,0 +1,129 @@
+locals {
+  service = "saga-${var.name}"
+  # Cloud Run's deterministic URL: known before the service exists, so the service can be
+  # told its own push audience without a dependency cycle.
+  url = "https://${local.service}-${var.project_number}.${var.region}.run.app"
+}
+
+resource "google_service_account" "function" {
+  account_id   = local.service
+  display_name = "The saga's ${var.name} function"
+}
+
+# Firestore: read and write documents (Firestore IAM has no finer grain than the database).
+resource "google_project_iam_member" "firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.function.email}"
+}
+
+# Publish only to the topics it publishes to.
+resource "google_pubsub_topic_iam_member" "publisher" {
+  for_each = toset(var.publishes)
+  topic    = var.topic_ids[each.value]
+  role     = "roles/pubsub.publisher"
+  member   = "serviceAccount:${google_service_account.function.email}"
+}
+
+resource "google_cloud_run_v2_service" "function" {
+  name                = local.service
+  location            = var.region
+  deletion_protection = false
+  # Pub/Sub push and Cloud Scheduler count as internal traffic; only the frontend faces users.
+  ingress = var.public ? "INGRESS_TRAFFIC_ALL" : "INGRESS_TRAFFIC_INTERNAL_ONLY"
+
+  template {
+    service_account = google_service_account.function.email
+    scaling {
+      max_instance_count = var.max_instances
+    }
+    containers {
+      image = var.image
+      ports {
+        container_port = 8080
+      }
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "256Mi"
+        }
+        cpu_idle          = true
+        startup_cpu_boost = true
+      }
+      env {
+        name  = "GOOGLE_CLOUD_PROJECT"
+        value = var.project_id
+      }
+      env {
+        name  = "SAGA_FAULT_INJECTION"
+        value = tostring(var.fault_injection)
+      }
+      env {
+        name  = "SAGA_PUSH_AUDIENCE"
+        value = local.url
+      }
+      env {
+        name  = "SAGA_PUSH_SERVICE_ACCOUNT"
+        value = var.push_service_account_email
+      }
+      startup_probe {
+        http_get {
+          path = "/healthz"
+        }
+        period_seconds    = 1
+        failure_threshold = 30
+      }
+      liveness_probe {
+        http_get {
+          path = "/healthz"
+        }
+      }
+    }
+  }
+}
+
+# The frontend is the shop's public API; the other functions only take Pub/Sub pushes.
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  name     = google_cloud_run_v2_service.function.name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = var.public ? "allUsers" : "serviceAccount:${var.push_service_account_email}"
+}
+
+resource "google_pubsub_subscription" "push" {
+  for_each                   = var.subscriptions
+  name                       = each.key
+  topic                      = var.topic_ids[each.value.topic]
+  ack_deadline_seconds       = each.value.ack_deadline_seconds
+  message_retention_duration = "604800s"
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  retry_policy {
+    minimum_backoff = each.value.minimum_backoff
+    maximum_backoff = each.value.maximum_backoff
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = var.topic_ids[each.value.dead_letter_topic]
+    max_delivery_attempts = each.value.max_delivery_attempts
+  }
+
+  push_config {
+    push_endpoint = "${local.url}${each.value.path}"
+    oidc_token {
+      service_account_email = var.push_service_account_email
+      audience              = local.url
+    }
+  }
+}
+
+# Pub/Sub acknowledges a message on the source subscription when it dead-letters it.
+resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
+  for_each     = google_pubsub_subscription.push
+  subscription = each.value.id
+  role         = "roles/pubsub.subscriber"
+  member       = var.pubsub_service_agent
+}

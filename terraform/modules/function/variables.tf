@@ -1,0 +1,67 @@
+variable "name" {
+  description = "The function: frontend, order, inventory, payments or janitor."
+  type        = string
+}
+
+variable "project_id" {
+  type = string
+}
+
+variable "project_number" {
+  type = string
+}
+
+variable "region" {
+  type = string
+}
+
+variable "image" {
+  description = "Container image of the function."
+  type        = string
+}
+
+variable "public" {
+  description = "Whether anyone may invoke it (the frontend); otherwise only the push identity."
+  type        = bool
+}
+
+variable "publishes" {
+  description = "Topics the function may publish to."
+  type        = list(string)
+}
+
+variable "subscriptions" {
+  description = "Push subscriptions delivering to the function, by name."
+  type = map(object({
+    topic                 = string
+    path                  = string
+    dead_letter_topic     = string
+    max_delivery_attempts = number
+    ack_deadline_seconds  = number
+    minimum_backoff       = string
+    maximum_backoff       = string
+  }))
+}
+
+variable "topic_ids" {
+  description = "Topic name => topic id."
+  type        = map(string)
+}
+
+variable "push_service_account_email" {
+  description = "The identity Pub/Sub pushes as."
+  type        = string
+}
+
+variable "pubsub_service_agent" {
+  description = "IAM member of the project's Pub/Sub service agent."
+  type        = string
+}
+
+variable "fault_injection" {
+  type = bool
+}
+
+variable "max_instances" {
+  type = number
+}

@@ -1,0 +1,237 @@
+//! The deployment is checked against the code, since `terraform validate` cannot run here:
+//! the Terraform topology must be the Rust topology, the resources must be built from it, and
+//! the Dockerfile must copy exactly the binaries cargo builds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use hcl::eval::{Context, Evaluate};
+use saga_infra::store::collections;
+use saga_infra::topology::{Function, PULL_SUBSCRIPTIONS, TOPICS};
+use serde_json::{Value, json};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn parse(path: &str) -> hcl::Body {
+    let text = std::fs::read_to_string(root().join(path)).expect("reading Terraform");
+    hcl::parse(&text).unwrap_or_else(|e| panic!("{path} is not valid HCL: {e}"))
+}
+
+/// The literal locals of terraform/topology.tf, as JSON.
+fn topology_locals() -> BTreeMap<String, Value> {
+    let body = parse("terraform/topology.tf");
+    let mut locals = BTreeMap::new();
+    for block in body.blocks().filter(|b| b.identifier() == "locals") {
+        for attr in block.body().attributes() {
+            if let Ok(value) = attr.expr().evaluate(&Context::new()) {
+                locals.insert(attr.key().to_owned(), serde_json::to_value(value).unwrap());
+            }
+        }
+    }
+    locals
+}
+
+fn strings(value: &Value) -> BTreeSet<String> {
+    value
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+fn seconds(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// The attribute `name` of the block `kind "label"...` in `body`, formatted as HCL.
+fn block_attr(body: &hcl::Body, kind: &str, labels: &[&str], name: &str) -> String {
+    let block = body
+        .blocks()
+        .find(|b| {
+            b.identifier() == kind
+                && b.labels().iter().map(|l| l.as_str()).collect::<Vec<_>>() == labels
+        })
+        .unwrap_or_else(|| panic!("no {kind} {labels:?}"));
+    let attr = block
+        .body()
+        .attributes()
+        .find(|a| a.key() == name)
+        .unwrap_or_else(|| panic!("{kind} {labels:?} has no {name}"));
+    hcl::format::to_string(attr.expr()).unwrap()
+}
+
+#[test]
+fn terraform_topics_are_the_rust_topics() {
+    let locals = topology_locals();
+    let rust: BTreeSet<String> = TOPICS.iter().map(|t| t.to_string()).collect();
+    assert_eq!(strings(&locals["topics"]), rust);
+}
+
+#[test]
+fn terraform_functions_consume_and_publish_what_the_rust_topology_says() {
+    let locals = topology_locals();
+    let functions = locals["functions"].as_object().expect("functions map");
+    let names: BTreeSet<&str> = functions.keys().map(String::as_str).collect();
+    let rust: BTreeSet<&str> = Function::ALL.iter().map(|f| f.name()).collect();
+    assert_eq!(names, rust, "functions");
+    for function in Function::ALL {
+        let tf = &functions[function.name()];
+        let publishes: BTreeSet<String> =
+            function.publishes().iter().map(|t| t.to_string()).collect();
+        assert_eq!(strings(&tf["publishes"]), publishes, "{function} publishes");
+        assert_eq!(
+            tf["public"],
+            json!(function == Function::Frontend),
+            "{function} public"
+        );
+        let expected: serde_json::Map<String, Value> = function
+            .consumes()
+            .map(|s| {
+                let spec = json!({
+                    "topic": s.topic,
+                    "path": s.path,
+                    "dead_letter_topic": s.dead_letter_topic,
+                    "max_delivery_attempts": s.max_delivery_attempts,
+                    "ack_deadline_seconds": s.ack_deadline.as_secs(),
+                    "minimum_backoff": seconds(s.min_backoff),
+                    "maximum_backoff": seconds(s.max_backoff),
+                });
+                (s.name.to_owned(), spec)
+            })
+            .collect();
+        assert_eq!(
+            tf["subscriptions"],
+            Value::Object(expected),
+            "{function} subscriptions"
+        );
+    }
+}
+
+#[test]
+fn terraform_pull_subscriptions_are_the_rust_ones() {
+    let locals = topology_locals();
+    let expected: serde_json::Map<String, Value> = PULL_SUBSCRIPTIONS
+        .iter()
+        .map(|s| (s.name.to_owned(), json!(s.topic)))
+        .collect();
+    assert_eq!(locals["pull_subscriptions"], Value::Object(expected));
+}
+
+#[test]
+fn terraform_resources_are_built_from_the_topology() {
+    let main = parse("terraform/main.tf");
+    let topics = block_attr(
+        &main,
+        "resource",
+        &["google_pubsub_topic", "topics"],
+        "for_each",
+    );
+    assert!(
+        topics.contains("local.topics") && topics.contains("local.dead_letter_topics"),
+        "{topics}"
+    );
+    let pull = block_attr(
+        &main,
+        "resource",
+        &["google_pubsub_subscription", "pull"],
+        "for_each",
+    );
+    assert!(pull.contains("local.pull_subscriptions"), "{pull}");
+    let module = block_attr(&main, "module", &["function"], "for_each");
+    assert!(module.contains("local.functions"), "{module}");
+    let dlq = block_attr(
+        &main,
+        "resource",
+        &["google_pubsub_topic_iam_member", "dead_letter_publisher"],
+        "for_each",
+    );
+    assert!(dlq.contains("local.dead_letter_topics"), "{dlq}");
+
+    let function = parse("terraform/modules/function/main.tf");
+    let push = block_attr(
+        &function,
+        "resource",
+        &["google_pubsub_subscription", "push"],
+        "for_each",
+    );
+    assert!(push.contains("var.subscriptions"), "{push}");
+    let text = std::fs::read_to_string(root().join("terraform/modules/function/main.tf")).unwrap();
+    for needle in [
+        "oidc_token",
+        "dead_letter_policy",
+        "retry_policy",
+        "each.value.path",
+        "ttl = \"\"",
+    ] {
+        assert!(text.contains(needle), "push subscriptions lack {needle}");
+    }
+    let publisher = block_attr(
+        &function,
+        "resource",
+        &["google_pubsub_topic_iam_member", "publisher"],
+        "for_each",
+    );
+    assert!(
+        publisher.contains("var.publishes"),
+        "publish rights come from the topology: {publisher}"
+    );
+}
+
+#[test]
+fn terraform_ttl_policies_cover_every_expiring_collection() {
+    let main = parse("terraform/main.tf");
+    let ttl = block_attr(
+        &main,
+        "resource",
+        &["google_firestore_field", "expire_at"],
+        "for_each",
+    );
+    for collection in [
+        collections::STEPS,
+        collections::OUTBOX,
+        collections::IDEMPOTENCY_KEYS,
+    ] {
+        assert!(
+            ttl.contains(&format!("\"{collection}\"")),
+            "{collection} has no TTL: {ttl}"
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_copies_exactly_the_binaries_cargo_builds() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    for function in Function::ALL {
+        let name = function.name();
+        let manifest =
+            std::fs::read_to_string(root().join(format!("functions/{name}/Cargo.toml"))).unwrap();
+        assert!(
+            manifest.contains(&format!("name = \"saga-{name}\"")),
+            "package of {name}"
+        );
+        assert!(
+            manifest.contains(&format!("[[bin]]\nname = \"{name}\"")),
+            "binary of {name}"
+        );
+        assert!(
+            dockerfile.contains(&format!("-p saga-{name}")),
+            "Dockerfile builds {name}"
+        );
+        assert!(
+            dockerfile.contains(&format!("target/release/{name}")),
+            "Dockerfile copies {name}"
+        );
+    }
+    assert!(
+        dockerfile.contains("USER nonroot"),
+        "the image runs as non-root"
+    );
+    assert_eq!(
+        dockerfile.matches("-p saga-").count(),
+        Function::ALL.len(),
+        "nothing else is built"
+    );
+}

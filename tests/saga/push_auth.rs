@@ -1,0 +1,104 @@
+//! A function configured for push authentication (as Terraform configures it) refuses pushes
+//! without a valid token from the push service account, and processes those with one.
+
+use axum::Router;
+use axum::routing::get;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use saga_infra::config::PushAuth;
+use saga_infra::events::{Event, EventBody, OrderDetails};
+use saga_infra::push_auth::OidcSettings;
+use saga_infra::topology::Function;
+use uuid::Uuid;
+
+use crate::helpers::{Options, ack_kind, spawn_app_with};
+
+const KEY: &[u8] = include_bytes!("../../infra/tests/fixtures/push-auth-test-key.pem");
+const JWKS: &str = include_str!("../../infra/tests/fixtures/push-auth-test-jwks.json");
+const PUSHER: &str = "saga-push@shop.iam.gserviceaccount.com";
+
+async fn jwks_server() -> String {
+    let app = Router::new().route("/certs", get(|| async { JWKS }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/certs")
+}
+
+fn token(audience: &str, email: &str) -> String {
+    let now = jiff::Timestamp::now().as_second();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    let claims = serde_json::json!({
+        "iss": "https://accounts.google.com", "aud": audience, "email": email,
+        "email_verified": true, "iat": now, "exp": now + 600,
+    });
+    encode(&header, &claims, &EncodingKey::from_rsa_pem(KEY).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_with_push_auth_accepts_only_the_push_identity() {
+    let audience = "https://saga-order-1.europe-west1.run.app";
+    let settings = OidcSettings {
+        audience: audience.into(),
+        service_account: PUSHER.into(),
+        jwks_url: jwks_server().await,
+    };
+    let mut app = spawn_app_with(Options::default()).await;
+    app.stop(Function::Order).await;
+    app.config.push_auth = PushAuth::Oidc(settings);
+    let port = app.ports[&Function::Order];
+    app.start(Function::Order, port).await;
+
+    let event = Event::new(
+        Uuid::new_v4(),
+        EventBody::OrderRequested {
+            order: OrderDetails {
+                item: "widget".into(),
+                quantity: 1,
+                user: "jack".into(),
+                payment_error: false,
+            },
+        },
+    );
+    let body = saga_infra::push::encode("frontend-sub", "m-1", &event).to_string();
+    let url = app.url(Function::Order, "/push/frontend-sub");
+    let send = |authorization: Option<String>| {
+        let mut request = app
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        async move { request.send().await.unwrap() }
+    };
+
+    let refused = send(None).await;
+    assert_eq!(refused.status(), 401);
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["field"], "Authorization");
+    let other = token(audience, "intruder@shop.iam.gserviceaccount.com");
+    assert_eq!(send(Some(format!("Bearer {other}"))).await.status(), 403);
+    let wrong_audience = token("https://elsewhere.run.app", PUSHER);
+    assert_eq!(
+        send(Some(format!("Bearer {wrong_audience}")))
+            .await
+            .status(),
+        401
+    );
+
+    let ok = send(Some(format!("Bearer {}", token(audience, PUSHER)))).await;
+    assert_eq!(ok.status(), 200);
+    let ack: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(ack_kind(&ack), "processed", "{ack}");
+
+    // Health checks stay open for Cloud Run's probes.
+    let health = app
+        .http
+        .get(app.url(Function::Order, "/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
