@@ -1,5 +1,6 @@
 //! The saga as one program: the function registry, and the local stack `saga up` runs.
 
+pub mod check;
 pub mod up;
 
 use axum::Router;

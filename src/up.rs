@@ -63,9 +63,10 @@ pub enum UpError {
     FunctionExited { function: Function, status: String },
 }
 
+/// Which Firestore: the emulator's, or a project's on Google Cloud.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SeedArgs {
-    /// Project id on the emulators.
+pub struct SeedTarget {
+    /// Project id.
     #[arg(long, default_value = "saga-local")]
     pub project: String,
     /// `host:port` of the Firestore emulator.
@@ -75,23 +76,51 @@ pub struct SeedArgs {
         default_value = "127.0.0.1:8086"
     )]
     pub firestore: String,
-    /// Seed the project's Firestore on Google Cloud (Application Default Credentials)
-    /// instead of the emulator.
+    /// Use the project's Firestore on Google Cloud (Application Default Credentials) instead
+    /// of the emulator.
     #[arg(long)]
     pub cloud: bool,
+}
+
+impl SeedTarget {
+    async fn store(&self) -> Result<Store, UpError> {
+        let endpoint = if self.cloud {
+            Endpoint::Cloud
+        } else {
+            Endpoint::Emulator(self.firestore.clone())
+        };
+        Ok(Store::connect(&self.project, &endpoint).await?)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub target: SeedTarget,
     /// Put stock and balances back to their seed values.
     #[arg(long)]
     pub reset: bool,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub target: SeedTarget,
+    /// Only check what holds at any moment (skip "every order is terminal" and "every event
+    /// is published"), for a stack with orders in flight.
+    #[arg(long)]
+    pub in_flight: bool,
+}
+
+/// `saga check`: the invariants of the project's data against the seed state.
+pub async fn check(args: CheckArgs) -> Result<crate::check::Report, UpError> {
+    let store = args.target.store().await?;
+    Ok(crate::check::check(&store, &crate::check::Baseline::seed(), !args.in_flight).await?)
+}
+
 /// `saga seed`: seeds the emulator, or a project on Google Cloud; returns how many documents it wrote.
 pub async fn seed(args: SeedArgs) -> Result<usize, UpError> {
-    let endpoint = if args.cloud {
-        Endpoint::Cloud
-    } else {
-        Endpoint::Emulator(args.firestore)
-    };
-    let store = Store::connect(&args.project, &endpoint).await?;
+    let store = args.target.store().await?;
     let mode = if args.reset {
         SeedMode::Reset
     } else {
@@ -205,6 +234,7 @@ fn spawn_function(function: Function, config: &Config, port: u16) -> Result<Chil
         .env("FIRESTORE_EMULATOR_HOST", host(&config.firestore))
         .env("SAGA_FAULT_INJECTION", config.fault_injection.to_string())
         .env(PARENT_ENV, std::process::id().to_string())
+        .env("SAGA_SWEEP_INTERVAL_SECS", "5")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

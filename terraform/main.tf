@@ -110,6 +110,8 @@ module "function" {
   topic_ids                  = { for name, topic in google_pubsub_topic.topics : name => topic.id }
   push_service_account_email = google_service_account.push.email
   pubsub_service_agent       = local.pubsub_service_agent
+  sweep_path                 = each.value.sweep_path
+  sweep_schedule             = var.sweep_schedule
   fault_injection            = var.fault_injection
   max_instances              = var.max_instances
 

@@ -8,13 +8,15 @@ locals {
 
   functions = {
     frontend = {
+      sweep_path    = "/internal/sweep/outbox"
       public        = true
       publishes     = ["frontend"]
       subscriptions = {}
     }
     order = {
-      public    = false
-      publishes = ["order-created", "error"]
+      sweep_path = "/internal/sweep/outbox"
+      public     = false
+      publishes  = ["order-created", "error"]
       subscriptions = {
         "frontend-sub" = {
           topic                 = "frontend"
@@ -28,8 +30,9 @@ locals {
       }
     }
     inventory = {
-      public    = false
-      publishes = ["inventory-updated", "error"]
+      sweep_path = "/internal/sweep/outbox"
+      public     = false
+      publishes  = ["inventory-updated", "error"]
       subscriptions = {
         "order-created-sub" = {
           topic                 = "order-created"
@@ -43,8 +46,9 @@ locals {
       }
     }
     payments = {
-      public    = false
-      publishes = ["payment-created", "error"]
+      sweep_path = "/internal/sweep/outbox"
+      public     = false
+      publishes  = ["payment-created", "error"]
       subscriptions = {
         "inventory-updated-sub" = {
           topic                 = "inventory-updated"
@@ -58,13 +62,41 @@ locals {
       }
     }
     janitor = {
-      public    = false
-      publishes = []
+      sweep_path = "/internal/sweep/timeouts"
+      public     = false
+      publishes  = []
       subscriptions = {
         "error-sub" = {
           topic                 = "error"
           path                  = "/push/error-sub"
           dead_letter_topic     = "error-sub-dlq"
+          max_delivery_attempts = 10
+          ack_deadline_seconds  = 60
+          minimum_backoff       = "1s"
+          maximum_backoff       = "60s"
+        }
+        "frontend-sub-dlq-janitor" = {
+          topic                 = "frontend-sub-dlq"
+          path                  = "/push/frontend-sub-dlq-janitor"
+          dead_letter_topic     = null
+          max_delivery_attempts = 10
+          ack_deadline_seconds  = 60
+          minimum_backoff       = "1s"
+          maximum_backoff       = "60s"
+        }
+        "order-created-sub-dlq-janitor" = {
+          topic                 = "order-created-sub-dlq"
+          path                  = "/push/order-created-sub-dlq-janitor"
+          dead_letter_topic     = null
+          max_delivery_attempts = 10
+          ack_deadline_seconds  = 60
+          minimum_backoff       = "1s"
+          maximum_backoff       = "60s"
+        }
+        "inventory-updated-sub-dlq-janitor" = {
+          topic                 = "inventory-updated-sub-dlq"
+          path                  = "/push/inventory-updated-sub-dlq-janitor"
+          dead_letter_topic     = null
           max_delivery_attempts = 10
           ack_deadline_seconds  = 60
           minimum_backoff       = "1s"
@@ -88,5 +120,5 @@ locals {
 locals {
   push_subscriptions = merge([for f in values(local.functions) : f.subscriptions]...)
 
-  dead_letter_topics = [for s in values(local.push_subscriptions) : s.dead_letter_topic]
+  dead_letter_topics = [for s in values(local.push_subscriptions) : s.dead_letter_topic if s.dead_letter_topic != null]
 }

@@ -28,9 +28,9 @@ variable "images" {
 }
 
 variable "sweep_schedule" {
-  description = "Cron schedule of the outbox/timeout sweep job; null creates no job. The functions do not serve a sweep endpoint yet (see README), so there is none by default."
+  description = "Cron schedule of each function's sweep job (outbox republish; stuck-saga timeouts for the janitor); null creates none."
   type        = string
-  default     = null
+  default     = "* * * * *"
 }
 
 variable "fault_injection" {

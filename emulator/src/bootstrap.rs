@@ -33,12 +33,30 @@ fn anonymous() -> google_cloud_auth::credentials::Credentials {
     google_cloud_auth::credentials::anonymous::Builder::new().build()
 }
 
+/// Changes to the topology's delivery settings, for tests that need Pub/Sub to give up
+/// sooner than production does.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    pub max_delivery_attempts: Option<i32>,
+    pub backoff: Option<(std::time::Duration, std::time::Duration)>,
+}
+
 /// Creates every topic and subscription of the topology in `project` on the emulator at
 /// `pubsub_host`. `push_endpoint` gives the URL each push subscription delivers to.
 pub async fn create_topology(
     project: &str,
     pubsub_host: &str,
     push_endpoint: impl Fn(&PushSubscription) -> String,
+) -> Result<(), BootstrapError> {
+    create_topology_with(project, pubsub_host, push_endpoint, Overrides::default()).await
+}
+
+/// [`create_topology`] with [`Overrides`].
+pub async fn create_topology_with(
+    project: &str,
+    pubsub_host: &str,
+    push_endpoint: impl Fn(&PushSubscription) -> String,
+    overrides: Overrides,
 ) -> Result<(), BootstrapError> {
     let endpoint = format!("http://{pubsub_host}");
     let topics = TopicAdmin::builder()
@@ -78,23 +96,30 @@ pub async fn create_topology(
         let backoff = |d: std::time::Duration| {
             google_cloud_wkt::Duration::clamp(i64::try_from(d.as_secs()).unwrap_or(600), 0)
         };
-        wanted.push(
-            Subscription::new()
-                .set_name(subscription_path(project, s.name))
-                .set_topic(topic_path(project, s.topic))
-                .set_push_config(PushConfig::new().set_push_endpoint(push_endpoint(s)))
-                .set_ack_deadline_seconds(i32::try_from(s.ack_deadline.as_secs()).unwrap_or(60))
-                .set_dead_letter_policy(
-                    DeadLetterPolicy::new()
-                        .set_dead_letter_topic(topic_path(project, s.dead_letter_topic))
-                        .set_max_delivery_attempts(s.max_delivery_attempts),
-                )
-                .set_retry_policy(
-                    RetryPolicy::new()
-                        .set_minimum_backoff(backoff(s.min_backoff))
-                        .set_maximum_backoff(backoff(s.max_backoff)),
-                ),
-        );
+        let (min_backoff, max_backoff) =
+            overrides.backoff.unwrap_or((s.min_backoff, s.max_backoff));
+        let mut subscription = Subscription::new()
+            .set_name(subscription_path(project, s.name))
+            .set_topic(topic_path(project, s.topic))
+            .set_push_config(PushConfig::new().set_push_endpoint(push_endpoint(s)))
+            .set_ack_deadline_seconds(i32::try_from(s.ack_deadline.as_secs()).unwrap_or(60))
+            .set_retry_policy(
+                RetryPolicy::new()
+                    .set_minimum_backoff(backoff(min_backoff))
+                    .set_maximum_backoff(backoff(max_backoff)),
+            );
+        if let Some(dead_letter_topic) = s.dead_letter_topic {
+            subscription = subscription.set_dead_letter_policy(
+                DeadLetterPolicy::new()
+                    .set_dead_letter_topic(topic_path(project, dead_letter_topic))
+                    .set_max_delivery_attempts(
+                        overrides
+                            .max_delivery_attempts
+                            .unwrap_or(s.max_delivery_attempts),
+                    ),
+            );
+        }
+        wanted.push(subscription);
     }
     for s in &PULL_SUBSCRIPTIONS {
         wanted.push(

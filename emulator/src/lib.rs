@@ -5,6 +5,6 @@ pub mod bootstrap;
 pub mod process;
 pub mod seed;
 
-pub use bootstrap::create_topology;
+pub use bootstrap::{Overrides, create_topology, create_topology_with};
 pub use process::{Emulator, EmulatorError, Kind, free_port, is_ready};
 pub use seed::{SeedMode, seed};

@@ -12,11 +12,15 @@
 //! | `SAGA_PUSH_SERVICE_ACCOUNT` | the push service account's email; with the audience | none |
 //! | `SAGA_PUSH_JWKS_URL` | where the token signing keys are | Google's |
 //! | `SAGA_PUSH_AUTH` | `disabled` turns push auth off explicitly | on in the cloud |
+//! | `SAGA_TIMEOUT_SECS` | a saga not terminal after this long is failed (`timeout`) | 300 |
+//! | `SAGA_OUTBOX_GRACE_SECS` | the sweep republishes outbox records older than this | 30 |
+//! | `SAGA_SWEEP_INTERVAL_SECS` | run the sweep on a timer in-process (`saga up`) | off |
 //!
 //! Push authentication is required when not on the emulators: a function in the cloud with
 //! neither the audience and account nor an explicit `SAGA_PUSH_AUTH=disabled` refuses to start.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::push_auth::{GOOGLE_JWKS_URL, OidcSettings};
 use crate::topology::Function;
@@ -46,6 +50,14 @@ pub enum PushAuth {
     Oidc(OidcSettings),
 }
 
+/// Faults injected on purpose, by tests only: never read from the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Stop right after a step's transaction commits, before publishing (as if the instance
+    /// died there): the outbox sweep or a redelivery must publish the event.
+    pub crash_after_commit: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub project_id: String,
@@ -55,7 +67,17 @@ pub struct Config {
     pub bind: IpAddr,
     pub port: u16,
     pub push_auth: PushAuth,
+    /// A saga not terminal this long after its last change is failed with `timeout`.
+    pub saga_timeout: Duration,
+    /// Outbox records unpublished for longer than this are republished by the sweep.
+    pub outbox_grace: Duration,
+    /// Run the sweep in-process on this interval (locally; in the cloud a scheduler calls it).
+    pub sweep_interval: Option<Duration>,
+    pub faults: Faults,
 }
+
+pub const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_OUTBOX_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -87,6 +109,10 @@ impl Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             port: 0,
             push_auth: PushAuth::Disabled,
+            saga_timeout: DEFAULT_SAGA_TIMEOUT,
+            outbox_grace: DEFAULT_OUTBOX_GRACE,
+            sweep_interval: None,
+            faults: Faults::default(),
         }
     }
 
@@ -171,6 +197,19 @@ impl Config {
             (None, None, None) if local => PushAuth::Disabled,
             (None, None, None) => return Err(ConfigError::PushAuthRequired),
         };
+        let secs = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
+            match set(name) {
+                None => Ok(None),
+                Some(value) => match value.parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(Duration::from_secs(n))),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        value,
+                        reason: "expected a whole number of seconds above 0",
+                    }),
+                },
+            }
+        };
         Ok(Config {
             project_id,
             pubsub,
@@ -179,6 +218,10 @@ impl Config {
             bind,
             port,
             push_auth,
+            saga_timeout: secs("SAGA_TIMEOUT_SECS")?.unwrap_or(DEFAULT_SAGA_TIMEOUT),
+            outbox_grace: secs("SAGA_OUTBOX_GRACE_SECS")?.unwrap_or(DEFAULT_OUTBOX_GRACE),
+            sweep_interval: secs("SAGA_SWEEP_INTERVAL_SECS")?,
+            faults: Faults::default(),
         })
     }
 }

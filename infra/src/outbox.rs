@@ -81,3 +81,54 @@ pub async fn deliver_pending(
         _ => Ok(()),
     }
 }
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SweepReport {
+    /// Unpublished records of this function's topics old enough to be swept.
+    pub due: usize,
+    pub republished: usize,
+    pub failed: usize,
+}
+
+/// Republishes this function's outbox records still unpublished `grace` after they were
+/// committed (their publisher crashed, or the broker was down).
+pub async fn sweep(
+    store: &Store,
+    publisher: &EventPublisher,
+    topics: &[&str],
+    grace: std::time::Duration,
+) -> Result<SweepReport, StoreError> {
+    use crate::store::Context;
+    let pending: Vec<OutboxRecord> = store
+        .db()
+        .fluent()
+        .select()
+        .from(collections::OUTBOX)
+        .filter(|q| q.for_all([q.field("published").eq(false)]))
+        .obj()
+        .query()
+        .await
+        .context("querying unpublished outbox records")?;
+    let cutoff = Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(grace).unwrap_or_default())
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut report = SweepReport::default();
+    for record in pending
+        .iter()
+        .filter(|r| topics.contains(&r.topic.as_str()) && r.created_at <= cutoff)
+    {
+        report.due += 1;
+        match deliver(store, publisher, record).await {
+            Ok(_) => report.republished += 1,
+            Err(error) => {
+                report.failed += 1;
+                tracing::warn!(%error, event_id = %record.event_id, "sweep could not publish");
+            }
+        }
+    }
+    if report.due > 0 {
+        tracing::info!(?report, "outbox swept");
+    }
+    Ok(report)
+}

@@ -151,6 +151,23 @@ pub async fn main_until(
     }
 }
 
+/// Calls the function's own sweep endpoint every `interval` (what Cloud Scheduler does in the
+/// cloud), so the local stack sweeps through the same code path.
+async fn sweep_periodically(function: Function, addr: SocketAddr, interval: std::time::Duration) {
+    let url = format!("http://{addr}{}", function.sweep_path());
+    let http = reqwest::Client::new();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match http.post(&url).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => tracing::warn!(status = %r.status(), "sweep failed"),
+            Err(error) => tracing::warn!(%error, "sweep unreachable"),
+        }
+    }
+}
+
 /// Resolves once the process whose id is `parent` is no longer this process's parent (it
 /// died, even by SIGKILL, and this process was re-parented): a local runner's children use it
 /// so that they never outlive it.
@@ -172,6 +189,9 @@ async fn run(
     }
     let runtime = Runtime::connect(function, config.clone()).await?;
     let server = Server::bind(function, &config, router(runtime)).await?;
+    if let Some(interval) = config.sweep_interval {
+        tokio::spawn(sweep_periodically(function, server.local_addr(), interval));
+    }
     tracing::info!(
         addr = %server.local_addr(),
         project = %config.project_id,

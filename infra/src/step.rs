@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::config::PushAuth;
 use crate::events::{Event, EventBody};
-use crate::outbox::{self, DeliverError};
+use crate::outbox::{self, DeliverError, SweepReport};
 use crate::push::{self, Poison};
 use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
@@ -45,6 +45,9 @@ pub struct Outcome {
     pub summary: String,
     /// The event to publish after commit, if any.
     pub emit: Option<EventBody>,
+    /// The event came before what it depends on (reordering): record nothing, answer 503 so
+    /// Pub/Sub delivers it again later.
+    pub not_yet: bool,
 }
 
 impl Outcome {
@@ -52,14 +55,25 @@ impl Outcome {
         Outcome {
             summary: summary.into(),
             emit: Some(body),
+            not_yet: false,
         }
     }
 
-    /// Nothing to do and nothing to say (a late or superseded event).
+    /// Nothing to do and nothing to say (a late or superseded event): recorded as done.
     pub fn skip(summary: impl Into<String>) -> Outcome {
         Outcome {
             summary: summary.into(),
             emit: None,
+            not_yet: false,
+        }
+    }
+
+    /// Too early: nothing is recorded and the delivery is retried.
+    pub fn not_yet(summary: impl Into<String>) -> Outcome {
+        Outcome {
+            summary: summary.into(),
+            emit: None,
+            not_yet: true,
         }
     }
 }
@@ -106,38 +120,72 @@ pub enum PushError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    #[error("fault injected: crashed after commit, before publishing")]
+    InjectedCrash,
+    #[error("too early, will retry: {0}")]
+    NotYet(String),
+    #[error("sweep left records unpublished: {0:?}")]
+    SweepIncomplete(SweepReport),
 }
 
 impl IntoResponse for PushError {
     fn into_response(self) -> Response {
         // Logged once, here, with the span of the delivery.
-        tracing::error!(error = %self, "delivery failed, Pub/Sub will redeliver");
+        if let PushError::NotYet(_) = &self {
+            tracing::info!(error = %self, "delivery early, Pub/Sub will redeliver");
+        } else {
+            tracing::error!(error = %self, "delivery failed, Pub/Sub will redeliver");
+        }
         let body = serde_json::json!({ "error": self.to_string(), "retry": true });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
+/// What the step's transaction found or did.
+enum Ran {
+    /// The step record (new or existing), its outbox record, and whether it was new.
+    Done(Box<(StepRecord, Option<OutboxRecord>, bool)>),
+    NotYet(String),
+}
+
 struct StepState<S> {
     step: Arc<S>,
     runtime: Runtime,
-    subscription: &'static PushSubscription,
+    /// Where deliveries come from: a subscription's name (or the sweep's), for parking.
+    source: &'static str,
 }
 
-/// The router of a push-triggered function: its push endpoint(s), from the topology, behind
-/// push authentication when it is configured.
+/// The router of a push-triggered function whose subscriptions all feed one step: its push
+/// endpoints from the topology and its outbox sweep, behind push authentication.
 pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
     let step = Arc::new(step);
     let router = runtime
         .function
         .consumes()
         .fold(Router::new(), |router, subscription| {
-            let state = Arc::new(StepState {
-                step: step.clone(),
-                runtime: runtime.clone(),
-                subscription,
-            });
-            router.route(subscription.path, post(handle::<S>).with_state(state))
+            route(router, &runtime, subscription, step.clone())
         });
+    protect(&runtime, router.merge(outbox_sweep_router(&runtime)))
+}
+
+/// Adds the push endpoint of `subscription`, delivering to `step`.
+pub fn route<S: Step>(
+    router: Router,
+    runtime: &Runtime,
+    subscription: &'static PushSubscription,
+    step: Arc<S>,
+) -> Router {
+    let state = Arc::new(StepState {
+        step,
+        runtime: runtime.clone(),
+        source: subscription.name,
+    });
+    router.route(subscription.path, post(handle::<S>).with_state(state))
+}
+
+/// Puts `router` behind push authentication when it is configured. Only Pub/Sub's push
+/// identity (and the scheduler, which uses it) calls these routes.
+pub fn protect(runtime: &Runtime, router: Router) -> Router {
     match &runtime.config.push_auth {
         PushAuth::Disabled => router,
         PushAuth::Oidc(settings) => router.layer(axum::middleware::from_fn_with_state(
@@ -145,6 +193,28 @@ pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
             require_push_token,
         )),
     }
+}
+
+/// `POST /internal/sweep/outbox`: republishes this function's stale outbox records.
+pub fn outbox_sweep_router(runtime: &Runtime) -> Router {
+    Router::new().route(
+        runtime.function.sweep_path(),
+        post(sweep_outbox).with_state(runtime.clone()),
+    )
+}
+
+async fn sweep_outbox(State(runtime): State<Runtime>) -> Result<Json<SweepReport>, PushError> {
+    let report = outbox::sweep(
+        &runtime.store,
+        &runtime.publisher,
+        runtime.function.publishes(),
+        runtime.config.outbox_grace,
+    )
+    .await?;
+    if report.failed > 0 {
+        return Err(PushError::SweepIncomplete(report));
+    }
+    Ok(Json(report))
 }
 
 async fn handle<S: Step>(
@@ -177,6 +247,22 @@ async fn handle<S: Step>(
         .map(Json)
 }
 
+/// Runs `step` for `event` exactly once per order, as a push delivery would (the janitor's
+/// timeout sweep feeds it events it makes itself). `source` names where the event came from.
+pub async fn run_once<S: Step>(
+    runtime: &Runtime,
+    source: &'static str,
+    step: Arc<S>,
+    event: Event,
+) -> Result<Ack, PushError> {
+    let state = StepState {
+        step,
+        runtime: runtime.clone(),
+        source,
+    };
+    process(&state, event).await
+}
+
 async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, PushError> {
     let store = &state.runtime.store;
     let publisher = &state.runtime.publisher;
@@ -195,7 +281,7 @@ async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, Pus
     }
 
     let event = Arc::new(event);
-    let (record, outbox, fresh) = store
+    let ran = store
         .transaction(S::NAME, |mut tx| {
             let step = state.step.clone();
             let event = event.clone();
@@ -206,9 +292,12 @@ async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, Pus
                         Some(id) => tx.get::<OutboxRecord>(collections::OUTBOX, id).await?,
                         None => None,
                     };
-                    return Ok((done, outbox, false));
+                    return Ok(Ran::Done(Box::new((done, outbox, false))));
                 }
                 let outcome = step.run(&mut tx, &event).await?;
+                if outcome.not_yet {
+                    return Ok(Ran::NotYet(outcome.summary));
+                }
                 let now = Timestamp::now();
                 let outbox = outcome
                     .emit
@@ -226,12 +315,19 @@ async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, Pus
                 if let Some(outbox) = &outbox {
                     outbox::stage(&mut tx, outbox)?;
                 }
-                Ok((record, outbox, true))
+                Ok(Ran::Done(Box::new((record, outbox, true))))
             }
             .boxed()
         })
         .await?;
+    let (record, outbox, fresh) = match ran {
+        Ran::Done(done) => *done,
+        Ran::NotYet(why) => return Err(PushError::NotYet(why)),
+    };
 
+    if state.runtime.config.faults.crash_after_commit && fresh {
+        return Err(PushError::InjectedCrash);
+    }
     if let Some(outbox) = outbox.filter(|o| !o.published) {
         outbox::deliver(store, publisher, &outbox).await?;
     }
@@ -257,7 +353,7 @@ const PARKED_BODY_LIMIT: usize = 64 * 1024;
 /// kept, the delivery is retried rather than lost.
 async fn park<S>(state: &StepState<S>, body: &[u8], poison: Poison) -> Result<Ack, PushError> {
     let function = state.runtime.function.name();
-    let subscription = state.subscription.name;
+    let subscription = state.source;
     // Parking the same message twice writes the same document.
     let id = match &poison.message_id {
         Some(message_id) => format!("{subscription}--{message_id}"),

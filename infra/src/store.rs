@@ -201,6 +201,20 @@ pub struct StoreError {
     pub source: FirestoreError,
 }
 
+impl StoreError {
+    /// Whether trying again may succeed: contention (ABORTED, the emulator's lock timeouts),
+    /// unavailability, conflicts and network errors. A document that cannot be decoded, or a
+    /// request Firestore refuses, fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match &self.source {
+            FirestoreError::DatabaseError(e) => e.retry_possible,
+            FirestoreError::DataConflictError(_) | FirestoreError::NetworkError(_) => true,
+            FirestoreError::ErrorInTransaction(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Adds context to Firestore results: `db.get(..).await.context("reading order")?`.
 pub trait Context<T> {
     fn context(self, context: impl Into<String>) -> Result<T, StoreError>;
@@ -310,7 +324,8 @@ impl Store {
 
     /// Runs `f` in a read-write transaction, retrying it on contention. `f` may run several
     /// times: it must only read through its [`Tx`] and only write by queuing on it.
-    /// Business rejections are `Ok` values; an `Err` from `f` is retried as transient.
+    /// Business rejections are `Ok` values; an `Err` from `f` is retried if it is transient
+    /// ([`StoreError::is_transient`]) and returned at once otherwise.
     pub async fn transaction<T, F>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -329,7 +344,15 @@ impl Store {
                         tracing::info!(what, attempt, "transaction contended, retrying");
                     }
                     f(Tx { db, txn })
-                        .map(|r| r.map_err(BackoffError::transient))
+                        .map(|r| {
+                            r.map_err(|e| {
+                                if e.is_transient() {
+                                    BackoffError::transient(e)
+                                } else {
+                                    BackoffError::permanent(e)
+                                }
+                            })
+                        })
                         .boxed()
                 },
                 options,

@@ -45,6 +45,15 @@ impl Function {
         }
     }
 
+    /// The endpoint a scheduler (or `saga up`'s timer) calls to sweep: the janitor fails stuck
+    /// sagas, the others republish their unpublished outbox records.
+    pub const fn sweep_path(self) -> &'static str {
+        match self {
+            Function::Janitor => "/internal/sweep/timeouts",
+            _ => "/internal/sweep/outbox",
+        }
+    }
+
     /// Topics this function may publish to (and, in Terraform, is allowed to).
     pub fn publishes(self) -> &'static [&'static str] {
         match self {
@@ -100,7 +109,9 @@ pub struct PushSubscription {
     pub function: Function,
     /// Where the function receives it: `/push/<subscription>`.
     pub path: &'static str,
-    pub dead_letter_topic: &'static str,
+    /// Where Pub/Sub parks what it could not deliver; `None` for the janitor's dead-letter
+    /// subscriptions, whose own failures are left to operators rather than looped back.
+    pub dead_letter_topic: Option<&'static str>,
     pub max_delivery_attempts: i32,
     pub ack_deadline: Duration,
     pub min_backoff: Duration,
@@ -119,7 +130,7 @@ const fn push(
     topic: &'static str,
     function: Function,
     path: &'static str,
-    dead_letter_topic: &'static str,
+    dead_letter_topic: Option<&'static str>,
 ) -> PushSubscription {
     PushSubscription {
         name,
@@ -134,37 +145,66 @@ const fn push(
     }
 }
 
-/// Every push subscription; subscription names follow the original design.
-pub const PUSH_SUBSCRIPTIONS: [PushSubscription; 4] = [
+/// Every push subscription; the saga's follow the original design's names. Dead letters of
+/// the forward steps go to the janitor, which fails and compensates their saga.
+pub const PUSH_SUBSCRIPTIONS: [PushSubscription; 7] = [
     push(
         "frontend-sub",
         topics::FRONTEND,
         Function::Order,
         "/push/frontend-sub",
-        "frontend-sub-dlq",
+        Some("frontend-sub-dlq"),
     ),
     push(
         "order-created-sub",
         topics::ORDER_CREATED,
         Function::Inventory,
         "/push/order-created-sub",
-        "order-created-sub-dlq",
+        Some("order-created-sub-dlq"),
     ),
     push(
         "inventory-updated-sub",
         topics::INVENTORY_UPDATED,
         Function::Payments,
         "/push/inventory-updated-sub",
-        "inventory-updated-sub-dlq",
+        Some("inventory-updated-sub-dlq"),
     ),
     push(
         "error-sub",
         topics::ERROR,
         Function::Janitor,
         "/push/error-sub",
-        "error-sub-dlq",
+        Some("error-sub-dlq"),
+    ),
+    push(
+        "frontend-sub-dlq-janitor",
+        "frontend-sub-dlq",
+        Function::Janitor,
+        "/push/frontend-sub-dlq-janitor",
+        None,
+    ),
+    push(
+        "order-created-sub-dlq-janitor",
+        "order-created-sub-dlq",
+        Function::Janitor,
+        "/push/order-created-sub-dlq-janitor",
+        None,
+    ),
+    push(
+        "inventory-updated-sub-dlq-janitor",
+        "inventory-updated-sub-dlq",
+        Function::Janitor,
+        "/push/inventory-updated-sub-dlq-janitor",
+        None,
     ),
 ];
+
+/// Whether deliveries of `subscription` are dead letters (to be compensated, not processed).
+pub fn is_dead_letter_subscription(subscription: &PushSubscription) -> bool {
+    PUSH_SUBSCRIPTIONS
+        .iter()
+        .any(|s| s.dead_letter_topic == Some(subscription.topic))
+}
 
 /// Pull subscriptions: results for people (`payment-created-sub`, `error-cli-sub`) and one
 /// per dead-letter topic for operators.
@@ -197,9 +237,11 @@ pub const PULL_SUBSCRIPTIONS: [PullSubscription; 6] = [
 
 /// Every topic to create: the event topics, then the dead-letter topics.
 pub fn all_topics() -> impl Iterator<Item = &'static str> {
-    TOPICS
-        .into_iter()
-        .chain(PUSH_SUBSCRIPTIONS.iter().map(|s| s.dead_letter_topic))
+    TOPICS.into_iter().chain(
+        PUSH_SUBSCRIPTIONS
+            .iter()
+            .filter_map(|s| s.dead_letter_topic),
+    )
 }
 
 /// The push subscription served at `path`, if any.
@@ -272,15 +314,26 @@ mod tests {
     }
 
     #[test]
-    fn every_dead_letter_topic_is_watched() {
+    fn every_dead_letter_topic_is_watched_and_the_forward_ones_compensated() {
         for s in &PUSH_SUBSCRIPTIONS {
+            let Some(dlq) = s.dead_letter_topic else {
+                assert!(
+                    is_dead_letter_subscription(s),
+                    "{} has no dead-letter topic",
+                    s.name
+                );
+                continue;
+            };
             assert!(
-                PULL_SUBSCRIPTIONS
-                    .iter()
-                    .any(|p| p.topic == s.dead_letter_topic),
+                PULL_SUBSCRIPTIONS.iter().any(|p| p.topic == dlq),
                 "{} dead letters are not watched",
                 s.name
             );
+            let compensated = PUSH_SUBSCRIPTIONS
+                .iter()
+                .any(|j| j.topic == dlq && j.function == Function::Janitor);
+            // The janitor's own dead letters go to operators only: no loop.
+            assert_eq!(compensated, s.function != Function::Janitor, "{}", s.name);
         }
     }
 

@@ -22,6 +22,9 @@ enum Command {
     Up(saga::up::UpArgs),
     /// Seed the catalogue and users (only what is missing, or --reset), locally or --cloud.
     Seed(saga::up::SeedArgs),
+    /// Check the saga's invariants (stock and money conservation, terminal orders, the
+    /// outbox) against the seed data; exits 1 if any does not hold.
+    Check(saga::up::CheckArgs),
     /// Run one function, configured from the environment (what its container runs).
     Serve {
         /// frontend, order, inventory, payments or janitor.
@@ -67,6 +70,20 @@ async fn main() -> ExitCode {
             Err(error) => {
                 eprintln!("saga seed: {error}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => match saga::up::check(args).await {
+            Ok(report) => {
+                print!("{report}");
+                if report.holds() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("saga check: {error}");
+                ExitCode::from(2)
             }
         },
         Command::Up(args) => match saga::up::up(args).await {

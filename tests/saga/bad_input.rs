@@ -36,6 +36,7 @@ async fn assert_rejected(
 async fn every_bad_order_is_refused_with_the_field_named_and_nothing_written() {
     let app = spawn_app_with(Options {
         fault_injection: false,
+        ..Options::default()
     })
     .await;
     let url = app.url(Function::Frontend, "/order");
@@ -202,6 +203,7 @@ async fn poison_pushes_are_parked_and_acknowledged_and_orders_still_flow() {
         .place(json!({"item": "widget", "quantity": 1, "user": "jack"}))
         .await;
     assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+    app.assert_invariants().await;
 }
 
 fn base64_json(value: Value) -> String {

@@ -105,6 +105,7 @@ async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered
         .await;
     let ids: HashSet<Uuid> = pulled.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), 1, "{pulled:?}");
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,6 +138,7 @@ async fn the_janitor_compensates_once_however_often_the_error_arrives() {
         .await
         .unwrap();
     assert_eq!(reservation.status, ReservationStatus::Released);
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,4 +192,5 @@ async fn an_idempotency_key_replay_returns_the_same_order_and_starts_no_second_s
         1
     );
     assert_eq!(app.stock("widget").await, 10_000 - 2);
+    app.assert_invariants().await;
 }

@@ -34,6 +34,7 @@ async fn not_enough_stock_is_compensated_and_nothing_moves() {
         &failed.body,
         EventBody::SagaFailed { reason: FailureReason::InsufficientStock, step, .. } if step == "inventory"
     ));
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,6 +62,7 @@ async fn a_failed_payment_releases_exactly_the_reserved_stock() {
             .await
             .is_none()
     );
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +98,7 @@ async fn a_real_payment_failure_an_unknown_user_and_an_unknown_item_are_compensa
     assert_eq!(app.stock("widget").await, 10_000);
     assert_eq!(app.balance("penny").await, 5);
     assert_eq!(app.balance("jack").await, 100_000);
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,4 +137,5 @@ async fn a_failure_that_overtakes_the_order_leaves_a_tombstone_the_late_order_re
         (Some("COMPENSATED"), Some("timeout"))
     );
     assert_eq!(app.stock("widget").await, 10_000);
+    app.assert_invariants().await;
 }

@@ -50,6 +50,7 @@ async fn an_order_completes_once_and_its_payment_event_can_be_pulled() {
         event.body,
         EventBody::PaymentCreated { amount: 50, .. }
     ));
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,6 +69,7 @@ async fn the_original_designs_examples_complete() {
     assert_eq!(app.stock("wotsit").await, 20_000 - 80);
     assert_eq!(app.balance("jack").await, 100_000 - 500);
     assert_eq!(app.balance("jill").await, 100_000 - 1_200);
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +103,7 @@ async fn an_order_is_pending_until_the_order_step_has_run() {
     let port = app.ports[&Function::Order];
     app.start(Function::Order, port).await;
     assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

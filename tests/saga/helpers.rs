@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use saga_emulator::{Emulator, Kind, SeedMode};
+use saga::check::{Baseline, check};
+use saga_emulator::{Emulator, Kind, Overrides, SeedMode};
 use saga_infra::config::Config;
 use saga_infra::events::Event;
 use saga_infra::runtime::{Runtime, Server};
@@ -79,12 +80,18 @@ pub async fn hosts() -> &'static Hosts {
 
 pub struct Options {
     pub fault_injection: bool,
+    /// Sagas are failed with `timeout` this long after their last change.
+    pub saga_timeout: Duration,
+    /// Pub/Sub delivery settings, for tests that need it to give up sooner.
+    pub overrides: Overrides,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             fault_injection: true,
+            saga_timeout: Duration::from_secs(300),
+            overrides: Overrides::default(),
         }
     }
 }
@@ -97,6 +104,8 @@ struct Running {
 pub struct TestApp {
     pub project: String,
     pub config: Config,
+    /// What stock and balances started from, for the invariant check.
+    pub baseline: Baseline,
     pub store: Store,
     pub http: reqwest::Client,
     pub pubsub_host: String,
@@ -113,6 +122,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let project = format!("t-{}", &Uuid::new_v4().simple().to_string()[..16]);
     let config = Config {
         fault_injection: options.fault_injection,
+        saga_timeout: options.saga_timeout,
+        // Tests sweep explicitly; anything unpublished is due at once.
+        outbox_grace: Duration::ZERO,
         ..Config::emulators(&project, &hosts.pubsub, &hosts.firestore)
     };
     let store = Store::connect(&project, &config.firestore)
@@ -125,6 +137,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let mut app = TestApp {
         project,
         config,
+        baseline: Baseline::seed(),
         store,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -138,9 +151,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         app.start(function, 0).await;
     }
     let ports = app.ports.clone();
-    saga_emulator::create_topology(&app.project, &app.pubsub_host, |s| {
-        format!("http://127.0.0.1:{}{}", ports[&s.function], s.path)
-    })
+    saga_emulator::create_topology_with(
+        &app.project,
+        &app.pubsub_host,
+        |s| format!("http://127.0.0.1:{}{}", ports[&s.function], s.path),
+        options.overrides,
+    )
     .await
     .expect("creating the topology");
     app
@@ -149,10 +165,23 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 impl TestApp {
     /// Starts `function` in-process on `port` (0: any free port).
     pub async fn start(&mut self, function: Function, port: u16) {
-        let config = Config {
+        self.start_with(function, port, |_| {}).await;
+    }
+
+    /// Stops `function` and starts it again on the same port, its configuration changed by
+    /// `tweak` (fault switches, a dead broker...).
+    pub async fn restart_with(&mut self, function: Function, tweak: impl FnOnce(&mut Config)) {
+        self.stop(function).await;
+        let port = self.ports[&function];
+        self.start_with(function, port, tweak).await;
+    }
+
+    async fn start_with(&mut self, function: Function, port: u16, tweak: impl FnOnce(&mut Config)) {
+        let mut config = Config {
             port,
             ..self.config.clone()
         };
+        tweak(&mut config);
         let runtime = Runtime::connect(function, config.clone())
             .await
             .expect("connecting a function");
@@ -177,6 +206,39 @@ impl TestApp {
             let _ = running.stop.send(());
             let _ = running.task.await;
         }
+    }
+
+    /// Adds an item to this test's catalogue (and to the invariant baseline).
+    pub async fn add_item(&mut self, item: &str, price: i64, stock: i64) {
+        self.store
+            .set(collections::INVENTORY, item, &ItemDoc { price, stock })
+            .await
+            .expect("adding an item");
+        self.baseline.stock.insert(item.to_owned(), stock);
+    }
+
+    /// Asserts every invariant of the saga holds, and every saga is over.
+    pub async fn assert_invariants(&self) {
+        let report = check(&self.store, &self.baseline, true)
+            .await
+            .expect("checking");
+        assert!(report.holds(), "invariants broken:\n{report}");
+    }
+
+    /// Calls `function`'s sweep endpoint, as the scheduler does.
+    pub async fn sweep(&self, function: Function) -> Value {
+        let response = self
+            .http
+            .post(self.url(function, function.sweep_path()))
+            .send()
+            .await
+            .expect("sweep");
+        assert!(
+            response.status().is_success(),
+            "sweep of {function}: {}",
+            response.status()
+        );
+        response.json().await.expect("sweep report")
     }
 
     pub fn url(&self, function: Function, path: &str) -> String {

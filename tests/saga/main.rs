@@ -4,6 +4,7 @@ mod bad_input;
 mod deploy;
 mod duplicates;
 mod failures;
+mod faults;
 mod happy_path;
 mod helpers;
 mod push_auth;

@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use saga_infra::Runtime;
 use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus};
 use saga_infra::outbox;
+use saga_infra::step;
 use saga_infra::store::{
     IdempotencyRecord, OrderDoc, OutboxRecord, RequestDoc, StoreError, collections, expiry_from,
 };
@@ -29,11 +30,13 @@ use uuid::Uuid;
 use validate::FieldError;
 
 pub fn router(runtime: Runtime) -> Router {
+    let sweep = step::protect(&runtime, step::outbox_sweep_router(&runtime));
     Router::new()
         .route("/order", post(create_order))
         .route("/order/{id}", get(get_order))
         .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
         .with_state(runtime)
+        .merge(sweep)
 }
 
 /// The frontend's one error type: each variant maps to one status, logged once.
@@ -49,6 +52,8 @@ pub enum ApiError {
     KeyReused,
     #[error("no order {0}")]
     NotFound(Uuid),
+    #[error("fault injected: crashed after commit, before publishing")]
+    InjectedCrash,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,6 +86,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": self.to_string(), "field": "id"}),
+            ),
+            ApiError::InjectedCrash => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": self.to_string()}),
             ),
             ApiError::Store(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -228,6 +237,9 @@ async fn create_order(
 
     let (order_id, replayed) = match accepted {
         Accepted::KeyReused => return Err(ApiError::KeyReused),
+        Accepted::New(_) if rt.config.faults.crash_after_commit => {
+            return Err(ApiError::InjectedCrash);
+        }
         Accepted::New(record) => {
             // The order is committed: if publishing fails now, a redelivery-free path
             // (the outbox sweep) publishes it; the user's order is accepted either way.

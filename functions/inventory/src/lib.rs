@@ -22,12 +22,14 @@ pub enum Decision {
     },
     Reject(FailureReason),
     Skip(String),
+    /// The order is not visible yet: retry later.
+    NotYet(String),
 }
 
 /// Decides a reservation of `quantity` for the order, given its current state and the item.
 pub fn decide(order: Option<&OrderDoc>, item: Option<&ItemDoc>, quantity: i64) -> Decision {
     let Some(order) = order else {
-        return Decision::Skip("no order document".into());
+        return Decision::NotYet("no order document yet".into());
     };
     if order.status != OrderStatus::OrderCreated {
         return Decision::Skip(format!("order is {}, not ORDER_CREATED", order.status));
@@ -135,6 +137,7 @@ impl Step for InventoryStep {
                         )
                     }
                     (Decision::Skip(why), _, _) => Outcome::skip(why),
+                    (Decision::NotYet(why), _, _) => Outcome::not_yet(why),
                     (decision, _, _) => {
                         Outcome::skip(format!("inconsistent decision {decision:?}"))
                     }
@@ -216,6 +219,9 @@ mod tests {
             let d = decide(Some(&order(status)), Some(&WIDGETS), 1);
             assert!(matches!(d, Decision::Skip(_)), "{status}: {d:?}");
         }
-        assert!(matches!(decide(None, Some(&WIDGETS), 1), Decision::Skip(_)));
+        assert!(matches!(
+            decide(None, Some(&WIDGETS), 1),
+            Decision::NotYet(_)
+        ));
     }
 }

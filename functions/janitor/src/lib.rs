@@ -2,17 +2,24 @@
 //! that was reserved, refunds a captured payment, and marks the order COMPENSATED with the
 //! reason. Records keep their final status (RELEASED, REFUNDED): the history is the audit trail.
 
-use axum::Router;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use saga_infra::Runtime;
 use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
-use saga_infra::step::{self, Outcome, Step};
+use saga_infra::step::{self, Ack, Outcome, PushError, Step};
+use saga_infra::store::Context;
 use saga_infra::store::{
     ItemDoc, OrderDoc, PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus, StoreError,
     Tx, UserDoc, collections,
 };
+use saga_infra::topology::{Function, is_dead_letter_subscription};
+use serde::{Deserialize, Serialize};
 
 /// What compensating an order takes.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +59,7 @@ pub fn plan(
     }
 }
 
+/// Consumes `error`: compensates with the failure's reason.
 pub struct JanitorStep;
 
 impl Step for JanitorStep {
@@ -64,94 +72,130 @@ impl Step for JanitorStep {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         async move {
-            let EventBody::SagaFailed {
-                order: details,
-                reason,
-                ..
-            } = &event.body
-            else {
+            let EventBody::SagaFailed { order, reason, .. } = &event.body else {
                 return Ok(Outcome::skip("not a saga-failed event"));
             };
-            let id = event.order_id.to_string();
-            let order: Option<OrderDoc> = tx.get(collections::ORDERS, &id).await?;
-            let reservation: Option<ReservationDoc> =
-                tx.get(collections::RESERVATIONS, &id).await?;
-            let payment: Option<PaymentDoc> = tx.get(collections::PAYMENTS, &id).await?;
-            let (release, refund, reason) = match plan(
-                order.as_ref(),
-                reservation.as_ref(),
-                payment.as_ref(),
-                *reason,
-            ) {
-                Plan::Skip(why) => return Ok(Outcome::skip(why)),
-                Plan::Compensate {
-                    release,
-                    refund,
-                    reason,
-                } => (release, refund, reason),
-            };
-            // All reads before any write: a Firestore transaction requires it.
-            let item: Option<ItemDoc> = match &release {
-                Some((item, _)) => tx.get(collections::INVENTORY, item).await?,
-                None => None,
-            };
-            let user: Option<UserDoc> = match &refund {
-                Some((user, _)) => tx.get(collections::USERS, user).await?,
-                None => None,
-            };
-            let now = Timestamp::now();
-            let mut done = Vec::new();
-            if let (Some((name, quantity)), Some(item), Some(reservation)) =
-                (&release, item, reservation)
-            {
-                tx.set(
-                    collections::INVENTORY,
-                    name,
-                    &ItemDoc {
-                        stock: item.stock + quantity,
-                        ..item
-                    },
-                )?;
-                tx.set(
-                    collections::RESERVATIONS,
-                    &id,
-                    &ReservationDoc {
-                        status: ReservationStatus::Released,
-                        updated_at: now,
-                        ..reservation
-                    },
-                )?;
-                done.push(format!("released {quantity} {name}"));
-            }
-            if let (Some((name, amount)), Some(user), Some(payment)) = (&refund, user, payment) {
-                tx.set(
-                    collections::USERS,
-                    name,
-                    &UserDoc {
-                        balance: user.balance + amount,
-                    },
-                )?;
-                tx.set(
-                    collections::PAYMENTS,
-                    &id,
-                    &PaymentDoc {
-                        status: PaymentStatus::Refunded,
-                        updated_at: now,
-                        ..payment
-                    },
-                )?;
-                done.push(format!("refunded {amount} to {name}"));
-            }
-            tx.set(
-                collections::ORDERS,
-                &id,
-                &compensated(order, &id, details, reason, now),
-            )?;
-            done.push(format!("compensated ({reason})"));
-            Ok(Outcome::skip(done.join(", ")))
+            compensate(tx, &event.order_id.to_string(), order, *reason).await
         }
         .boxed()
     }
+}
+
+/// Consumes the forward steps' dead-letter topics: a message Pub/Sub gave up delivering
+/// fails its saga with `dead-lettered` and compensates it, so no saga hangs on it.
+pub struct DeadLetterStep;
+
+impl Step for DeadLetterStep {
+    // The same idempotency record as the janitor's: an order is compensated once, whichever
+    // failure reaches it first.
+    const NAME: &'static str = JanitorStep::NAME;
+    const ACCEPTS: &'static [&'static str] = &[
+        "order-requested",
+        "order-created",
+        "inventory-reserved",
+        "payment-created",
+        "saga-failed",
+    ];
+
+    fn run<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_, '_>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        async move {
+            tracing::warn!(event_type = event.body.kind(), "dead-lettered event");
+            compensate(
+                tx,
+                &event.order_id.to_string(),
+                event.body.order(),
+                FailureReason::DeadLettered,
+            )
+            .await
+        }
+        .boxed()
+    }
+}
+
+/// Undoes what was done for the order, in the step's transaction.
+async fn compensate(
+    tx: &mut Tx<'_, '_>,
+    id: &str,
+    details: &OrderDetails,
+    reason: FailureReason,
+) -> Result<Outcome, StoreError> {
+    let order: Option<OrderDoc> = tx.get(collections::ORDERS, id).await?;
+    let reservation: Option<ReservationDoc> = tx.get(collections::RESERVATIONS, id).await?;
+    let payment: Option<PaymentDoc> = tx.get(collections::PAYMENTS, id).await?;
+    let (release, refund, reason) = match plan(
+        order.as_ref(),
+        reservation.as_ref(),
+        payment.as_ref(),
+        reason,
+    ) {
+        Plan::Skip(why) => return Ok(Outcome::skip(why)),
+        Plan::Compensate {
+            release,
+            refund,
+            reason,
+        } => (release, refund, reason),
+    };
+    // All reads before any write: a Firestore transaction requires it.
+    let item: Option<ItemDoc> = match &release {
+        Some((item, _)) => tx.get(collections::INVENTORY, item).await?,
+        None => None,
+    };
+    let user: Option<UserDoc> = match &refund {
+        Some((user, _)) => tx.get(collections::USERS, user).await?,
+        None => None,
+    };
+    let now = Timestamp::now();
+    let mut done = Vec::new();
+    if let (Some((name, quantity)), Some(item), Some(reservation)) = (&release, item, reservation) {
+        tx.set(
+            collections::INVENTORY,
+            name,
+            &ItemDoc {
+                stock: item.stock + quantity,
+                ..item
+            },
+        )?;
+        tx.set(
+            collections::RESERVATIONS,
+            id,
+            &ReservationDoc {
+                status: ReservationStatus::Released,
+                updated_at: now,
+                ..reservation
+            },
+        )?;
+        done.push(format!("released {quantity} {name}"));
+    }
+    if let (Some((name, amount)), Some(user), Some(payment)) = (&refund, user, payment) {
+        tx.set(
+            collections::USERS,
+            name,
+            &UserDoc {
+                balance: user.balance + amount,
+            },
+        )?;
+        tx.set(
+            collections::PAYMENTS,
+            id,
+            &PaymentDoc {
+                status: PaymentStatus::Refunded,
+                updated_at: now,
+                ..payment
+            },
+        )?;
+        done.push(format!("refunded {amount} to {name}"));
+    }
+    tx.set(
+        collections::ORDERS,
+        id,
+        &compensated(order, id, details, reason, now),
+    )?;
+    done.push(format!("compensated ({reason})"));
+    Ok(Outcome::skip(done.join(", ")))
 }
 
 /// The order marked COMPENSATED; if the failure overtook the order's creation, a tombstone so
@@ -182,8 +226,91 @@ fn compensated(
     }
 }
 
+/// The janitor's routes: `error-sub` to [`JanitorStep`], the dead-letter subscriptions to
+/// [`DeadLetterStep`], and the stuck-saga sweep.
 pub fn router(runtime: Runtime) -> Router {
-    step::router(runtime, JanitorStep)
+    let router = runtime
+        .function
+        .consumes()
+        .fold(Router::new(), |router, subscription| {
+            if is_dead_letter_subscription(subscription) {
+                step::route(router, &runtime, subscription, Arc::new(DeadLetterStep))
+            } else {
+                step::route(router, &runtime, subscription, Arc::new(JanitorStep))
+            }
+        })
+        .route(
+            Function::Janitor.sweep_path(),
+            post(sweep_timeouts).with_state(runtime.clone()),
+        );
+    step::protect(&runtime, router)
+}
+
+/// What a timeout sweep did.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TimeoutReport {
+    /// Sagas not terminal for longer than the timeout.
+    pub stuck: usize,
+    /// Of those, compensated now.
+    pub compensated: usize,
+}
+
+/// Statuses a saga can be stuck in; PENDING is not among them: a request whose order step has
+/// not run is still in Pub/Sub, and ends in the order step or in a dead letter.
+const UNFINISHED: [OrderStatus; 3] = [
+    OrderStatus::OrderCreated,
+    OrderStatus::InventoryReserved,
+    OrderStatus::Failed,
+];
+
+/// `POST /internal/sweep/timeouts`: fails with `timeout`, and compensates, every saga not
+/// terminal for longer than the configured timeout. A late message for such a saga finds it
+/// COMPENSATED and changes nothing.
+async fn sweep_timeouts(State(runtime): State<Runtime>) -> Result<Json<TimeoutReport>, PushError> {
+    let statuses: Vec<&str> = UNFINISHED.iter().map(|s| s.as_str()).collect();
+    let unfinished: Vec<OrderDoc> = runtime
+        .store
+        .db()
+        .fluent()
+        .select()
+        .from(collections::ORDERS)
+        .filter(|q| q.for_all([q.field("status").is_in(statuses.clone())]))
+        .obj()
+        .query()
+        .await
+        .context("querying unfinished sagas")?;
+    let timeout = jiff::SignedDuration::try_from(runtime.config.saga_timeout).unwrap_or_default();
+    let cutoff = Timestamp::now()
+        .checked_sub(timeout)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut report = TimeoutReport::default();
+    for order in unfinished.into_iter().filter(|o| o.updated_at <= cutoff) {
+        report.stuck += 1;
+        let Ok(order_id) = uuid::Uuid::parse_str(&order.order_id) else {
+            tracing::warn!(order_id = %order.order_id, "order with a malformed id left alone");
+            continue;
+        };
+        let event = Event::new(
+            order_id,
+            EventBody::SagaFailed {
+                order: OrderDetails {
+                    item: order.item.clone(),
+                    quantity: u32::try_from(order.quantity).unwrap_or(u32::MAX),
+                    user: order.user.clone(),
+                    payment_error: false,
+                },
+                reason: FailureReason::Timeout,
+                step: "timeout".into(),
+            },
+        );
+        tracing::warn!(%order_id, status = %order.status, "saga timed out");
+        if let Ack::Processed { .. } =
+            step::run_once(&runtime, "timeout-sweep", Arc::new(JanitorStep), event).await?
+        {
+            report.compensated += 1;
+        }
+    }
+    Ok(Json(report))
 }
 
 #[cfg(test)]

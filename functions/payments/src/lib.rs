@@ -15,9 +15,13 @@ use saga_infra::store::{
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
-    Charge { remaining_balance: i64 },
+    Charge {
+        remaining_balance: i64,
+    },
     Reject(FailureReason),
     Skip(String),
+    /// The reservation this charges for is not visible yet: retry later.
+    NotYet(String),
 }
 
 /// Decides whether to charge `amount` for the order. `fault` is the `payment-error` switch,
@@ -29,10 +33,14 @@ pub fn decide(
     fault: bool,
 ) -> Decision {
     let Some(order) = order else {
-        return Decision::Skip("no order document".into());
+        return Decision::NotYet("no order document yet".into());
     };
-    if order.status != OrderStatus::InventoryReserved {
-        return Decision::Skip(format!("order is {}, not INVENTORY_RESERVED", order.status));
+    match order.status {
+        OrderStatus::InventoryReserved => {}
+        OrderStatus::Pending | OrderStatus::OrderCreated => {
+            return Decision::NotYet(format!("order is {}, not reserved yet", order.status));
+        }
+        other => return Decision::Skip(format!("order is {other}, not INVENTORY_RESERVED")),
     }
     if fault {
         return Decision::Reject(FailureReason::PaymentError);
@@ -133,6 +141,7 @@ impl Step for PaymentsStep {
                         )
                     }
                     (Decision::Skip(why), _) => Outcome::skip(why),
+                    (Decision::NotYet(why), _) => Outcome::not_yet(why),
                     (decision, None) => Outcome::skip(format!("no order for {decision:?}")),
                 },
             )
@@ -202,6 +211,21 @@ mod tests {
             true,
         );
         assert_eq!(d, Decision::Reject(FailureReason::PaymentError));
+    }
+
+    #[test]
+    fn given_a_reservation_event_before_the_reservation_is_visible_then_retry_later() {
+        assert!(matches!(
+            decide(None, Some(&JACK), 1, false),
+            Decision::NotYet(_)
+        ));
+        let d = decide(
+            Some(&order(OrderStatus::OrderCreated)),
+            Some(&JACK),
+            1,
+            false,
+        );
+        assert!(matches!(d, Decision::NotYet(_)), "{d:?}");
     }
 
     #[test]

@@ -106,9 +106,13 @@ resource "google_pubsub_subscription" "push" {
     maximum_backoff = each.value.maximum_backoff
   }
 
-  dead_letter_policy {
-    dead_letter_topic     = var.topic_ids[each.value.dead_letter_topic]
-    max_delivery_attempts = each.value.max_delivery_attempts
+  # The janitor's dead-letter subscriptions have none: their failures go to operators.
+  dynamic "dead_letter_policy" {
+    for_each = each.value.dead_letter_topic == null ? [] : [each.value.dead_letter_topic]
+    content {
+      dead_letter_topic     = var.topic_ids[dead_letter_policy.value]
+      max_delivery_attempts = each.value.max_delivery_attempts
+    }
   }
 
   push_config {
@@ -122,8 +126,27 @@ resource "google_pubsub_subscription" "push" {
 
 # Pub/Sub acknowledges a message on the source subscription when it dead-letters it.
 resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
-  for_each     = google_pubsub_subscription.push
+  for_each     = { for name, s in google_pubsub_subscription.push : name => s if var.subscriptions[name].dead_letter_topic != null }
   subscription = each.value.id
   role         = "roles/pubsub.subscriber"
   member       = var.pubsub_service_agent
+}
+
+# The sweep: republishes stale outbox records (or, for the janitor, fails stuck sagas). The
+# scheduler calls as the push identity, so the function's push authentication admits it.
+resource "google_cloud_scheduler_job" "sweep" {
+  count     = var.sweep_schedule == null ? 0 : 1
+  name      = "${local.service}-sweep"
+  region    = var.region
+  schedule  = var.sweep_schedule
+  time_zone = "Etc/UTC"
+
+  http_target {
+    http_method = "POST"
+    uri         = "${local.url}${var.sweep_path}"
+    oidc_token {
+      service_account_email = var.push_service_account_email
+      audience              = local.url
+    }
+  }
 }

@@ -58,6 +58,16 @@ variable "pubsub_service_agent" {
   type        = string
 }
 
+variable "sweep_path" {
+  description = "The function's sweep endpoint."
+  type        = string
+}
+
+variable "sweep_schedule" {
+  description = "Cron schedule of the sweep; null for none."
+  type        = string
+}
+
 variable "fault_injection" {
   type = bool
 }

@@ -1,0 +1,187 @@
+//! The saga's invariants, checked from Firestore alone, so the same check runs after a test,
+//! against `saga up`, and against a deployed project (`saga check`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use saga_infra::events::OrderStatus;
+use saga_infra::store::{
+    ItemDoc, OrderDoc, OutboxRecord, PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus,
+    Store, StoreError, UserDoc, collections,
+};
+use serde::Serialize;
+
+/// What the data started from: stock per item and balance per user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Baseline {
+    pub stock: BTreeMap<String, i64>,
+    pub balances: BTreeMap<String, i64>,
+}
+
+impl Baseline {
+    /// The seed data of `saga up` and the tests.
+    pub fn seed() -> Baseline {
+        Baseline {
+            stock: saga_emulator::seed::ITEMS
+                .iter()
+                .map(|(item, _, stock)| (item.to_string(), *stock))
+                .collect(),
+            balances: saga_emulator::seed::USERS
+                .iter()
+                .map(|(user, balance)| (user.to_string(), *balance))
+                .collect(),
+        }
+    }
+}
+
+/// The result of a check: counts, and every invariant that does not hold.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub orders: BTreeMap<String, usize>,
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    pub fn holds(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts: Vec<String> = self
+            .orders
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        writeln!(f, "orders: {}", counts.join(", "))?;
+        if self.violations.is_empty() {
+            return writeln!(f, "all invariants hold");
+        }
+        for v in &self.violations {
+            writeln!(f, "VIOLATION: {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks every invariant against `baseline`. With `settled`, every order must also have
+/// reached COMPLETED or COMPENSATED and every outbox record must be published.
+pub async fn check(
+    store: &Store,
+    baseline: &Baseline,
+    settled: bool,
+) -> Result<Report, StoreError> {
+    let orders: Vec<(String, OrderDoc)> = store.all(collections::ORDERS).await?;
+    let items: BTreeMap<String, ItemDoc> = store
+        .all(collections::INVENTORY)
+        .await?
+        .into_iter()
+        .collect();
+    let users: BTreeMap<String, UserDoc> =
+        store.all(collections::USERS).await?.into_iter().collect();
+    let reservations: BTreeMap<String, ReservationDoc> = store
+        .all(collections::RESERVATIONS)
+        .await?
+        .into_iter()
+        .collect();
+    let payments: BTreeMap<String, PaymentDoc> = store
+        .all(collections::PAYMENTS)
+        .await?
+        .into_iter()
+        .collect();
+    let outbox: Vec<(String, OutboxRecord)> = store.all(collections::OUTBOX).await?;
+
+    let mut report = Report::default();
+    let v = &mut report.violations;
+    for (_, order) in &orders {
+        *report.orders.entry(order.status.to_string()).or_default() += 1;
+    }
+
+    // Stock: what was there = what is there + what is held by reservations.
+    let mut held: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in reservations.values() {
+        if r.status == ReservationStatus::Reserved {
+            *held.entry(&r.item).or_default() += r.quantity;
+        }
+    }
+    for (item, seeded) in &baseline.stock {
+        let now = items.get(item).map_or(0, |i| i.stock);
+        let reserved = held.get(item.as_str()).copied().unwrap_or(0);
+        if now < 0 {
+            v.push(format!("stock of {item} is negative: {now}"));
+        }
+        if *seeded != now + reserved {
+            v.push(format!(
+                "stock of {item} not conserved: seeded {seeded} != {now} in stock + {reserved} reserved"
+            ));
+        }
+    }
+
+    // Money: what users had = what they have + what was captured from them.
+    let mut captured: BTreeMap<&str, i64> = BTreeMap::new();
+    for p in payments.values() {
+        if p.status == PaymentStatus::Captured {
+            *captured.entry(&p.user).or_default() += p.amount;
+        }
+    }
+    for (user, seeded) in &baseline.balances {
+        let now = users.get(user).map_or(0, |u| u.balance);
+        let taken = captured.get(user.as_str()).copied().unwrap_or(0);
+        if now < 0 {
+            v.push(format!("balance of {user} is negative: {now}"));
+        }
+        if *seeded != now + taken {
+            v.push(format!(
+                "money of {user} not conserved: seeded {seeded} != {now} balance + {taken} captured"
+            ));
+        }
+    }
+
+    // Each order's records agree with its status.
+    for (id, order) in &orders {
+        let reserved = reservations
+            .get(id)
+            .is_some_and(|r| r.status == ReservationStatus::Reserved);
+        let charged = payments
+            .get(id)
+            .is_some_and(|p| p.status == PaymentStatus::Captured);
+        match order.status {
+            OrderStatus::Completed if !(reserved && charged) => v.push(format!(
+                "order {id} COMPLETED without a held reservation ({reserved}) and a captured payment ({charged})"
+            )),
+            OrderStatus::Compensated if reserved || charged => v.push(format!(
+                "order {id} COMPENSATED but still holds stock ({reserved}) or money ({charged})"
+            )),
+            status if settled && !status.is_terminal() => {
+                v.push(format!("order {id} is not terminal: {status}"))
+            }
+            _ => {}
+        }
+    }
+    let order_ids: BTreeSet<&str> = orders.iter().map(|(id, _)| id.as_str()).collect();
+    for id in reservations.keys().chain(payments.keys()) {
+        if !order_ids.contains(id.as_str()) {
+            v.push(format!("record for unknown order {id}"));
+        }
+    }
+
+    // The outbox: one event per order and topic, all published once settled.
+    let mut per_topic: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (id, record) in &outbox {
+        *per_topic
+            .entry((&record.order_id, &record.topic))
+            .or_default() += 1;
+        if settled && !record.published {
+            v.push(format!(
+                "outbox record {id} ({}) never published",
+                record.topic
+            ));
+        }
+    }
+    for ((order, topic), n) in per_topic {
+        if n > 1 {
+            v.push(format!("order {order} has {n} different events on {topic}"));
+        }
+    }
+    Ok(report)
+}
