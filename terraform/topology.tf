@@ -78,7 +78,7 @@ locals {
         "frontend-sub-dlq-janitor" = {
           topic                 = "frontend-sub-dlq"
           path                  = "/push/frontend-sub-dlq-janitor"
-          dead_letter_topic     = null
+          dead_letter_topic     = "error-sub-dlq"
           max_delivery_attempts = 10
           ack_deadline_seconds  = 60
           minimum_backoff       = "1s"
@@ -87,7 +87,7 @@ locals {
         "order-created-sub-dlq-janitor" = {
           topic                 = "order-created-sub-dlq"
           path                  = "/push/order-created-sub-dlq-janitor"
-          dead_letter_topic     = null
+          dead_letter_topic     = "error-sub-dlq"
           max_delivery_attempts = 10
           ack_deadline_seconds  = 60
           minimum_backoff       = "1s"
@@ -96,7 +96,7 @@ locals {
         "inventory-updated-sub-dlq-janitor" = {
           topic                 = "inventory-updated-sub-dlq"
           path                  = "/push/inventory-updated-sub-dlq-janitor"
-          dead_letter_topic     = null
+          dead_letter_topic     = "error-sub-dlq"
           max_delivery_attempts = 10
           ack_deadline_seconds  = 60
           minimum_backoff       = "1s"
@@ -120,5 +120,5 @@ locals {
 locals {
   push_subscriptions = merge([for f in values(local.functions) : f.subscriptions]...)
 
-  dead_letter_topics = [for s in values(local.push_subscriptions) : s.dead_letter_topic if s.dead_letter_topic != null]
+  dead_letter_topics = distinct([for s in values(local.push_subscriptions) : s.dead_letter_topic])
 }

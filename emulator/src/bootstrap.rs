@@ -98,7 +98,7 @@ pub async fn create_topology_with(
         };
         let (min_backoff, max_backoff) =
             overrides.backoff.unwrap_or((s.min_backoff, s.max_backoff));
-        let mut subscription = Subscription::new()
+        let subscription = Subscription::new()
             .set_name(subscription_path(project, s.name))
             .set_topic(topic_path(project, s.topic))
             .set_push_config(PushConfig::new().set_push_endpoint(push_endpoint(s)))
@@ -107,18 +107,16 @@ pub async fn create_topology_with(
                 RetryPolicy::new()
                     .set_minimum_backoff(backoff(min_backoff))
                     .set_maximum_backoff(backoff(max_backoff)),
-            );
-        if let Some(dead_letter_topic) = s.dead_letter_topic {
-            subscription = subscription.set_dead_letter_policy(
+            )
+            .set_dead_letter_policy(
                 DeadLetterPolicy::new()
-                    .set_dead_letter_topic(topic_path(project, dead_letter_topic))
+                    .set_dead_letter_topic(topic_path(project, s.dead_letter_topic))
                     .set_max_delivery_attempts(
                         overrides
                             .max_delivery_attempts
                             .unwrap_or(s.max_delivery_attempts),
                     ),
             );
-        }
         wanted.push(subscription);
     }
     for s in &PULL_SUBSCRIPTIONS {

@@ -109,9 +109,9 @@ pub struct PushSubscription {
     pub function: Function,
     /// Where the function receives it: `/push/<subscription>`.
     pub path: &'static str,
-    /// Where Pub/Sub parks what it could not deliver; `None` for the janitor's dead-letter
-    /// subscriptions, whose own failures are left to operators rather than looped back.
-    pub dead_letter_topic: Option<&'static str>,
+    /// Where Pub/Sub puts what it could not deliver. Every janitor subscription uses the
+    /// janitor's, `error-sub-dlq`, which only operators consume: no dead-letter loop.
+    pub dead_letter_topic: &'static str,
     pub max_delivery_attempts: i32,
     pub ack_deadline: Duration,
     pub min_backoff: Duration,
@@ -130,7 +130,7 @@ const fn push(
     topic: &'static str,
     function: Function,
     path: &'static str,
-    dead_letter_topic: Option<&'static str>,
+    dead_letter_topic: &'static str,
 ) -> PushSubscription {
     PushSubscription {
         name,
@@ -153,49 +153,49 @@ pub const PUSH_SUBSCRIPTIONS: [PushSubscription; 7] = [
         topics::FRONTEND,
         Function::Order,
         "/push/frontend-sub",
-        Some("frontend-sub-dlq"),
+        "frontend-sub-dlq",
     ),
     push(
         "order-created-sub",
         topics::ORDER_CREATED,
         Function::Inventory,
         "/push/order-created-sub",
-        Some("order-created-sub-dlq"),
+        "order-created-sub-dlq",
     ),
     push(
         "inventory-updated-sub",
         topics::INVENTORY_UPDATED,
         Function::Payments,
         "/push/inventory-updated-sub",
-        Some("inventory-updated-sub-dlq"),
+        "inventory-updated-sub-dlq",
     ),
     push(
         "error-sub",
         topics::ERROR,
         Function::Janitor,
         "/push/error-sub",
-        Some("error-sub-dlq"),
+        "error-sub-dlq",
     ),
     push(
         "frontend-sub-dlq-janitor",
         "frontend-sub-dlq",
         Function::Janitor,
         "/push/frontend-sub-dlq-janitor",
-        None,
+        "error-sub-dlq",
     ),
     push(
         "order-created-sub-dlq-janitor",
         "order-created-sub-dlq",
         Function::Janitor,
         "/push/order-created-sub-dlq-janitor",
-        None,
+        "error-sub-dlq",
     ),
     push(
         "inventory-updated-sub-dlq-janitor",
         "inventory-updated-sub-dlq",
         Function::Janitor,
         "/push/inventory-updated-sub-dlq-janitor",
-        None,
+        "error-sub-dlq",
     ),
 ];
 
@@ -203,7 +203,7 @@ pub const PUSH_SUBSCRIPTIONS: [PushSubscription; 7] = [
 pub fn is_dead_letter_subscription(subscription: &PushSubscription) -> bool {
     PUSH_SUBSCRIPTIONS
         .iter()
-        .any(|s| s.dead_letter_topic == Some(subscription.topic))
+        .any(|s| s.dead_letter_topic == subscription.topic)
 }
 
 /// Pull subscriptions: results for people (`payment-created-sub`, `error-cli-sub`) and one
@@ -235,13 +235,22 @@ pub const PULL_SUBSCRIPTIONS: [PullSubscription; 6] = [
     },
 ];
 
+/// The dead-letter topics, each once.
+pub fn dead_letter_topics() -> impl Iterator<Item = &'static str> {
+    PUSH_SUBSCRIPTIONS
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            !PUSH_SUBSCRIPTIONS[..*i]
+                .iter()
+                .any(|earlier| earlier.dead_letter_topic == s.dead_letter_topic)
+        })
+        .map(|(_, s)| s.dead_letter_topic)
+}
+
 /// Every topic to create: the event topics, then the dead-letter topics.
 pub fn all_topics() -> impl Iterator<Item = &'static str> {
-    TOPICS.into_iter().chain(
-        PUSH_SUBSCRIPTIONS
-            .iter()
-            .filter_map(|s| s.dead_letter_topic),
-    )
+    TOPICS.into_iter().chain(dead_letter_topics())
 }
 
 /// The push subscription served at `path`, if any.
@@ -316,14 +325,7 @@ mod tests {
     #[test]
     fn every_dead_letter_topic_is_watched_and_the_forward_ones_compensated() {
         for s in &PUSH_SUBSCRIPTIONS {
-            let Some(dlq) = s.dead_letter_topic else {
-                assert!(
-                    is_dead_letter_subscription(s),
-                    "{} has no dead-letter topic",
-                    s.name
-                );
-                continue;
-            };
+            let dlq = s.dead_letter_topic;
             assert!(
                 PULL_SUBSCRIPTIONS.iter().any(|p| p.topic == dlq),
                 "{} dead letters are not watched",
@@ -335,6 +337,7 @@ mod tests {
             // The janitor's own dead letters go to operators only: no loop.
             assert_eq!(compensated, s.function != Function::Janitor, "{}", s.name);
         }
+        assert_eq!(dead_letter_topics().count(), 4);
     }
 
     #[test]

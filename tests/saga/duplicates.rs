@@ -96,6 +96,14 @@ async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered
     let outbox: Vec<(String, OutboxRecord)> = app.docs(collections::OUTBOX).await;
     assert_eq!(outbox.len(), 3, "one outgoing event per step: {outbox:?}");
     assert!(outbox.iter().all(|(_, o)| o.published));
+    // Idempotency and outbox records expire (Terraform puts a TTL policy on expire_at).
+    let week = jiff::SignedDuration::from_hours(24 * 7);
+    for (_, o) in &outbox {
+        assert_eq!(o.expire_at.duration_since(o.created_at), week);
+    }
+    for (_, s) in &steps {
+        assert_eq!(s.expire_at.duration_since(s.processed_at), week);
+    }
 
     // Whatever was published twice was the same event.
     let pulled = app

@@ -106,13 +106,9 @@ resource "google_pubsub_subscription" "push" {
     maximum_backoff = each.value.maximum_backoff
   }
 
-  # The janitor's dead-letter subscriptions have none: their failures go to operators.
-  dynamic "dead_letter_policy" {
-    for_each = each.value.dead_letter_topic == null ? [] : [each.value.dead_letter_topic]
-    content {
-      dead_letter_topic     = var.topic_ids[dead_letter_policy.value]
-      max_delivery_attempts = each.value.max_delivery_attempts
-    }
+  dead_letter_policy {
+    dead_letter_topic     = var.topic_ids[each.value.dead_letter_topic]
+    max_delivery_attempts = each.value.max_delivery_attempts
   }
 
   push_config {
@@ -126,7 +122,7 @@ resource "google_pubsub_subscription" "push" {
 
 # Pub/Sub acknowledges a message on the source subscription when it dead-letters it.
 resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
-  for_each     = { for name, s in google_pubsub_subscription.push : name => s if var.subscriptions[name].dead_letter_topic != null }
+  for_each     = google_pubsub_subscription.push
   subscription = each.value.id
   role         = "roles/pubsub.subscriber"
   member       = var.pubsub_service_agent
