@@ -1,6 +1,8 @@
 //! The saga as one program: the function registry, and the local stack `saga up` runs.
 
 pub mod check;
+pub mod ops;
+pub mod pubsub_rest;
 pub mod up;
 
 use axum::Router;

@@ -11,6 +11,8 @@ use saga_infra::store::Store;
 use saga_infra::topology::{Function, PushSubscription};
 use tokio::process::{Child, Command};
 
+use crate::ops::Target;
+
 /// Set by `saga up` on the functions it starts: its pid, so they stop when it is gone.
 pub const PARENT_ENV: &str = "SAGA_UP_PARENT_PID";
 
@@ -63,40 +65,10 @@ pub enum UpError {
     FunctionExited { function: Function, status: String },
 }
 
-/// Which Firestore: the emulator's, or a project's on Google Cloud.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SeedTarget {
-    /// Project id.
-    #[arg(long, default_value = "saga-local")]
-    pub project: String,
-    /// `host:port` of the Firestore emulator.
-    #[arg(
-        long,
-        env = "FIRESTORE_EMULATOR_HOST",
-        default_value = "127.0.0.1:8086"
-    )]
-    pub firestore: String,
-    /// Use the project's Firestore on Google Cloud (Application Default Credentials) instead
-    /// of the emulator.
-    #[arg(long)]
-    pub cloud: bool,
-}
-
-impl SeedTarget {
-    async fn store(&self) -> Result<Store, UpError> {
-        let endpoint = if self.cloud {
-            Endpoint::Cloud
-        } else {
-            Endpoint::Emulator(self.firestore.clone())
-        };
-        Ok(Store::connect(&self.project, &endpoint).await?)
-    }
-}
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct SeedArgs {
     #[command(flatten)]
-    pub target: SeedTarget,
+    pub target: Target,
     /// Put stock and balances back to their seed values.
     #[arg(long)]
     pub reset: bool,
@@ -105,7 +77,7 @@ pub struct SeedArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub target: SeedTarget,
+    pub target: Target,
     /// Only check what holds at any moment (skip "every order is terminal" and "every event
     /// is published"), for a stack with orders in flight.
     #[arg(long)]
@@ -114,13 +86,21 @@ pub struct CheckArgs {
 
 /// `saga check`: the invariants of the project's data against the seed state.
 pub async fn check(args: CheckArgs) -> Result<crate::check::Report, UpError> {
-    let store = args.target.store().await?;
+    let store = args
+        .target
+        .store()
+        .await
+        .map_err(|e| UpError::Io(e.to_string()))?;
     Ok(crate::check::check(&store, &crate::check::Baseline::seed(), !args.in_flight).await?)
 }
 
 /// `saga seed`: seeds the emulator, or a project on Google Cloud; returns how many documents it wrote.
 pub async fn seed(args: SeedArgs) -> Result<usize, UpError> {
-    let store = args.target.store().await?;
+    let store = args
+        .target
+        .store()
+        .await
+        .map_err(|e| UpError::Io(e.to_string()))?;
     let mode = if args.reset {
         SeedMode::Reset
     } else {

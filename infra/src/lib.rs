@@ -6,6 +6,7 @@
 //! - [`store`]: Firestore documents and transactions;
 //! - [`outbox`] and [`publisher`]: events committed with their effect, published after;
 //! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
+//! - [`trace`], [`timeline`]: a saga is one trace, and its history is kept;
 //! - [`runtime`], [`config`], [`telemetry`]: what a function's `main` needs.
 
 pub mod config;
@@ -18,6 +19,8 @@ pub mod runtime;
 pub mod step;
 pub mod store;
 pub mod telemetry;
+pub mod timeline;
 pub mod topology;
+pub mod trace;
 
 pub use runtime::Runtime;

@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use crate::events::Event;
 use crate::publisher::{EventPublisher, PublishError};
 use crate::store::{OutboxRecord, Store, StoreError, Tx, collections, expiry_from};
+use crate::trace::{TRACEPARENT, TraceContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -18,8 +19,9 @@ pub enum DeliverError {
     Mark(#[from] StoreError),
 }
 
-/// The outbox record of `event`, not yet published.
-pub fn record(event: &Event, now: Timestamp) -> OutboxRecord {
+/// The outbox record of `event`, not yet published; `trace` is the span emitting it, which
+/// the `traceparent` attribute names as the parent of the next step's span.
+pub fn record(event: &Event, now: Timestamp, trace: &TraceContext) -> OutboxRecord {
     OutboxRecord {
         event_id: event.event_id.to_string(),
         order_id: event.order_id.to_string(),
@@ -29,6 +31,7 @@ pub fn record(event: &Event, now: Timestamp) -> OutboxRecord {
             .attributes()
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
+            .chain([(TRACEPARENT.to_owned(), trace.to_string())])
             .collect::<BTreeMap<_, _>>(),
         published: false,
         created_at: now,

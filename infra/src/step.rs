@@ -36,7 +36,9 @@ use crate::store::{
     OutboxRecord, ParkedMessage, StepRecord, StoreError, Tx, collections, expiry_from,
     step_record_id,
 };
+use crate::timeline;
 use crate::topology::PushSubscription;
+use crate::trace::{TRACEPARENT, TraceContext};
 
 /// What a step decided, once its effect is queued on the transaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,18 +235,34 @@ async fn handle<S: Step>(
         };
         return park(&state, &body, poison).await.map(Json);
     }
-    let span = tracing::info_span!(
-        "step",
-        step = S::NAME,
-        order_id = %delivery.event.order_id,
-        event_id = %delivery.event.event_id,
-        event_type = delivery.event.body.kind(),
-        message_id = %delivery.envelope.message.message_id,
+    // This step's span in the saga's trace: a child of the span that published the event.
+    let trace = TraceContext::continue_from(
+        delivery
+            .envelope
+            .message
+            .attributes
+            .get(TRACEPARENT)
+            .map(String::as_str),
     );
-    process(&state, delivery.event)
+    let span = step_span(S::NAME, &delivery.event, &trace);
+    let delivery_id = delivery.envelope.message.message_id;
+    process(&state, delivery.event, trace, &delivery_id)
         .instrument(span)
         .await
         .map(Json)
+}
+
+fn step_span(step: &str, event: &Event, trace: &TraceContext) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        step,
+        order_id = %event.order_id,
+        event_id = %event.event_id,
+        event_type = event.body.kind(),
+        trace_id = %trace.trace_id_hex(),
+        span_id = %trace.span_id_hex(),
+        parent_span_id = trace.parent_span_id_hex(),
+    )
 }
 
 /// Runs `step` for `event` exactly once per order, as a push delivery would (the janitor's
@@ -260,10 +278,20 @@ pub async fn run_once<S: Step>(
         runtime: runtime.clone(),
         source,
     };
-    process(&state, event).await
+    let trace = TraceContext::root();
+    let span = step_span(S::NAME, &event, &trace);
+    let delivery_id = format!("{source}-{}", event.event_id);
+    process(&state, event, trace, &delivery_id)
+        .instrument(span)
+        .await
 }
 
-async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, PushError> {
+async fn process<S: Step>(
+    state: &StepState<S>,
+    event: Event,
+    trace: TraceContext,
+    delivery_id: &str,
+) -> Result<Ack, PushError> {
     let store = &state.runtime.store;
     let publisher = &state.runtime.publisher;
     let key = step_record_id(&event.order_id.to_string(), S::NAME);
@@ -274,6 +302,7 @@ async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, Pus
             outbox::deliver_pending(store, publisher, id).await?;
         }
         tracing::info!(outcome = %done.outcome, "duplicate delivery, step already done");
+        note_duplicate(store, S::NAME, &event, delivery_id, &trace).await;
         return Ok(Ack::Duplicate {
             outcome: done.outcome,
             emitted_event_id: done.emitted_event_id,
@@ -301,7 +330,7 @@ async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, Pus
                 let now = Timestamp::now();
                 let outbox = outcome
                     .emit
-                    .map(|body| outbox::record(&Event::new(event.order_id, body), now));
+                    .map(|body| outbox::record(&Event::new(event.order_id, body), now, &trace));
                 let record = StepRecord {
                     order_id: event.order_id.to_string(),
                     step: S::NAME.to_owned(),
@@ -312,8 +341,21 @@ async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, Pus
                     expire_at: expiry_from(now),
                 };
                 tx.set(collections::STEPS, &key, &record)?;
+                timeline::stage(
+                    &mut tx,
+                    &timeline::consumed(
+                        S::NAME,
+                        event.body.kind(),
+                        &record.incoming_event_id,
+                        &record.order_id,
+                        &record.outcome,
+                        &trace,
+                        now,
+                    ),
+                )?;
                 if let Some(outbox) = &outbox {
                     outbox::stage(&mut tx, outbox)?;
+                    timeline::stage(&mut tx, &timeline::emitted(S::NAME, outbox, &trace))?;
                 }
                 Ok(Ran::Done(Box::new((record, outbox, true))))
             }
@@ -339,10 +381,24 @@ async fn process<S: Step>(state: &StepState<S>, event: Event) -> Result<Ack, Pus
         })
     } else {
         tracing::info!(outcome = %record.outcome, "concurrent duplicate, step already done");
+        note_duplicate(store, S::NAME, &event, delivery_id, &trace).await;
         Ok(Ack::Duplicate {
             outcome: record.outcome,
             emitted_event_id: record.emitted_event_id,
         })
+    }
+}
+
+/// Adds the duplicate to the timeline; losing that line loses no state, so it only warns.
+async fn note_duplicate(
+    store: &crate::store::Store,
+    step: &str,
+    event: &Event,
+    delivery_id: &str,
+    trace: &TraceContext,
+) {
+    if let Err(error) = timeline::record_duplicate(store, step, event, delivery_id, trace).await {
+        tracing::warn!(%error, "duplicate not recorded in the timeline");
     }
 }
 

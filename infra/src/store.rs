@@ -42,6 +42,8 @@ pub mod collections {
     pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
     /// `parked/{id}`: deliveries that can never succeed, kept for an operator.
     pub const PARKED: &str = "parked";
+    /// `timeline/{order_id}--...`: what each step consumed and emitted, kept for good.
+    pub const TIMELINE: &str = "timeline";
 }
 
 /// How long idempotency and outbox records are kept (a Firestore TTL policy on `expire_at`).
@@ -294,6 +296,17 @@ impl Store {
             .await
             .context(format!("writing {collection}/{id}"))?;
         Ok(())
+    }
+
+    pub async fn delete(&self, collection: &str, id: &str) -> Result<(), StoreError> {
+        self.db
+            .fluent()
+            .delete()
+            .from(collection)
+            .document_id(id)
+            .execute()
+            .await
+            .context(format!("deleting {collection}/{id}"))
     }
 
     /// Every document of a collection with its id (for checks, seeding and tools; not for

@@ -1,5 +1,6 @@
 //! `saga`: run the order saga locally and operate it.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -25,12 +26,55 @@ enum Command {
     /// Check the saga's invariants (stock and money conservation, terminal orders, the
     /// outbox) against the seed data; exits 1 if any does not hold.
     Check(saga::up::CheckArgs),
+    /// Show an order's timeline: each step, what it consumed and emitted, and how long
+    /// between them.
+    Trace {
+        #[command(flatten)]
+        target: saga::ops::Target,
+        /// The order id.
+        order_id: String,
+    },
+    /// Republish recorded events of a topic (marked as replays) for consumers to catch up.
+    Replay(saga::ops::ReplayArgs),
+    /// Parked and dead-lettered messages.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Run one function, configured from the environment (what its container runs).
     Serve {
         /// frontend, order, inventory, payments or janitor.
         #[arg(value_parser = parse_function)]
         function: Function,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List parked messages and dead letters, with their reason and source subscription.
+    List {
+        #[command(flatten)]
+        target: saga::ops::Target,
+    },
+    /// Republish dead letters to the topic they were meant for, once the cause is fixed.
+    Redrive {
+        #[command(flatten)]
+        target: saga::ops::Target,
+        /// `parked`, or a dead-letter subscription (e.g. error-sub-dlq-sub).
+        place: String,
+        /// Every message there.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        all: bool,
+        /// Only this message (a parked id or a Pub/Sub message id).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+/// Exit codes scripts can trust: 0 done, 1 done but problems were found, 2 could not run.
+fn fail(command: &str, error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("saga {command}: {error}");
+    ExitCode::from(2)
 }
 
 fn parse_function(name: &str) -> Result<Function, String> {
@@ -86,6 +130,44 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Trace { target, order_id } => {
+            let store = match target.store().await {
+                Ok(store) => store,
+                Err(e) => return fail("trace", e),
+            };
+            match saga::ops::trace(&store, &order_id).await {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(saga::ops::OpsError::NoOrder(id)) => {
+                    eprintln!("saga trace: no order {id}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => fail("trace", e),
+            }
+        }
+        Command::Replay(args) => {
+            let progress = std::io::stderr().is_terminal();
+            let run = async {
+                let store = args.target.store().await?;
+                let pubsub = args.target.pubsub()?;
+                saga::ops::replay(&store, &pubsub, &args, progress).await
+            };
+            match run.await {
+                Ok(r) => {
+                    println!(
+                        "{} events matched, {} republished to {}",
+                        r.matched,
+                        r.published,
+                        args.to_topic.as_deref().unwrap_or(&args.topic)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("replay", e),
+            }
+        }
+        Command::Dlq { command } => dlq(command).await,
         Command::Up(args) => match saga::up::up(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -93,5 +175,65 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+async fn dlq(command: DlqCommand) -> ExitCode {
+    let progress = std::io::stderr().is_terminal();
+    match command {
+        DlqCommand::List { target } => {
+            let run = async {
+                let store = target.store().await?;
+                let pubsub = target.pubsub()?;
+                saga::ops::dlq_list(&store, &pubsub).await
+            };
+            match run.await {
+                Ok(letters) => {
+                    println!(
+                        "{:<28} {:<40} {:<24} {:<19} {:<36} REASON",
+                        "WHERE", "ID", "SOURCE", "EVENT", "ORDER"
+                    );
+                    for l in &letters {
+                        println!(
+                            "{:<28} {:<40} {:<24} {:<19} {:<36} {}",
+                            l.place, l.id, l.source, l.event_type, l.order_id, l.reason
+                        );
+                    }
+                    println!("{} messages", letters.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("dlq list", e),
+            }
+        }
+        DlqCommand::Redrive {
+            target,
+            place,
+            all,
+            id,
+        } => {
+            let selection = match (all, id) {
+                (_, Some(id)) => saga::ops::Selection::Id(id),
+                _ => saga::ops::Selection::All,
+            };
+            let run = async {
+                let store = target.store().await?;
+                let pubsub = target.pubsub()?;
+                saga::ops::dlq_redrive(&store, &pubsub, &place, &selection, progress).await
+            };
+            match run.await {
+                Ok(r) => {
+                    println!(
+                        "{} republished, {} unrecoverable",
+                        r.republished, r.unrecoverable
+                    );
+                    if r.unrecoverable > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail("dlq redrive", e),
+            }
+        }
     }
 }

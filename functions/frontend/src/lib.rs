@@ -24,7 +24,10 @@ use saga_infra::step;
 use saga_infra::store::{
     IdempotencyRecord, OrderDoc, OutboxRecord, RequestDoc, StoreError, collections, expiry_from,
 };
+use saga_infra::timeline::{self, EntryKind, TimelineEntry};
+use saga_infra::trace::{TRACEPARENT, TraceContext};
 use serde::Serialize;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use validate::FieldError;
@@ -119,6 +122,33 @@ pub struct OrderView {
     pub amount: Option<i64>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// What happened to the order, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One line of an order's timeline.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    pub at: Timestamp,
+    pub step: String,
+    pub kind: EntryKind,
+    pub event_type: String,
+    pub event_id: String,
+    pub outcome: String,
+}
+
+impl From<TimelineEntry> for HistoryEntry {
+    fn from(e: TimelineEntry) -> Self {
+        HistoryEntry {
+            at: e.at,
+            step: e.step,
+            kind: e.kind,
+            event_type: e.event_type,
+            event_id: e.event_id,
+            outcome: e.outcome,
+        }
+    }
 }
 
 impl OrderView {
@@ -133,6 +163,7 @@ impl OrderView {
             amount: None,
             created_at: request.created_at,
             updated_at: request.created_at,
+            history: Vec::new(),
         }
     }
 
@@ -147,6 +178,7 @@ impl OrderView {
             amount: order.amount,
             created_at: order.created_at,
             updated_at: order.updated_at,
+            history: Vec::new(),
         }
     }
 }
@@ -182,6 +214,29 @@ async fn create_order(
         .map_err(|e| ApiError::Invalid(vec![e]))?;
 
     let order_id = Uuid::new_v4();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::from_http(header(TRACEPARENT), header("x-cloud-trace-context"))
+        .map_or_else(TraceContext::root, |parent| parent.child());
+    let span = tracing::info_span!(
+        "accept",
+        step = "frontend",
+        order_id = %order_id,
+        trace_id = %trace.trace_id_hex(),
+        span_id = %trace.span_id_hex(),
+        parent_span_id = trace.parent_span_id_hex(),
+    );
+    accept(rt, order, key, order_id, trace)
+        .instrument(span)
+        .await
+}
+
+async fn accept(
+    rt: Runtime,
+    order: OrderDetails,
+    key: Option<String>,
+    order_id: Uuid,
+    trace: TraceContext,
+) -> Result<Response, ApiError> {
     let fingerprint = serde_json::to_string(&order).unwrap_or_default();
     let accepted = rt
         .store
@@ -227,8 +282,23 @@ async fn create_order(
                     },
                 )?;
                 let event = Event::new(order_id, EventBody::OrderRequested { order });
-                let record = outbox::record(&event, now);
+                let record = outbox::record(&event, now, &trace);
                 outbox::stage(&mut tx, &record)?;
+                let id = order_id.to_string();
+                let request = key.as_deref().unwrap_or("http-request");
+                timeline::stage(
+                    &mut tx,
+                    &timeline::consumed(
+                        "frontend",
+                        "order-request",
+                        request,
+                        &id,
+                        "accepted",
+                        &trace,
+                        now,
+                    ),
+                )?;
+                timeline::stage(&mut tx, &timeline::emitted("frontend", &record, &trace))?;
                 Ok(Accepted::New(Box::new(record)))
             }
             .boxed()
@@ -309,15 +379,25 @@ async fn get_order(
         .ok_or(ApiError::NotFound(id))
 }
 
-/// The order if the saga has created it, else the accepted request as PENDING.
+/// The order if the saga has created it, else the accepted request as PENDING; with its
+/// history.
 async fn find_order(rt: &Runtime, id: Uuid) -> Result<Option<OrderView>, StoreError> {
     let key = id.to_string();
-    if let Some(order) = rt.store.get::<OrderDoc>(collections::ORDERS, &key).await? {
-        return Ok(Some(OrderView::of(id, order)));
-    }
-    Ok(rt
-        .store
-        .get::<RequestDoc>(collections::REQUESTS, &key)
+    let view = match rt.store.get::<OrderDoc>(collections::ORDERS, &key).await? {
+        Some(order) => Some(OrderView::of(id, order)),
+        None => rt
+            .store
+            .get::<RequestDoc>(collections::REQUESTS, &key)
+            .await?
+            .map(|r| OrderView::pending(id, r)),
+    };
+    let Some(mut view) = view else {
+        return Ok(None);
+    };
+    view.history = timeline::history(&rt.store, &key)
         .await?
-        .map(|r| OrderView::pending(id, r)))
+        .into_iter()
+        .map(HistoryEntry::from)
+        .collect();
+    Ok(Some(view))
 }

@@ -1,0 +1,402 @@
+//! Operating a running saga: where an order is and why (`saga trace`), re-feeding history
+//! (`saga replay`), and dead letters (`saga dlq list | redrive`). Each works against the
+//! emulators or, with `--cloud`, a deployed project.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use indicatif::{ProgressBar, ProgressStyle};
+use jiff::Timestamp;
+use saga_infra::config::Endpoint;
+use saga_infra::push::PushEnvelope;
+use saga_infra::store::{OrderDoc, ParkedMessage, RequestDoc, Store, StoreError, collections};
+use saga_infra::timeline::{self, EntryKind};
+use saga_infra::topology::{PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS};
+
+use crate::pubsub_rest::{PubsubRest, RestError};
+
+/// Which project, and where its Firestore and Pub/Sub are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Project id.
+    #[arg(long, default_value = "saga-local")]
+    pub project: String,
+    /// `host:port` of the Firestore emulator.
+    #[arg(
+        long,
+        env = "FIRESTORE_EMULATOR_HOST",
+        default_value = "127.0.0.1:8086"
+    )]
+    pub firestore: String,
+    /// `host:port` of the Pub/Sub emulator.
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST", default_value = "127.0.0.1:8085")]
+    pub pubsub: String,
+    /// Use the project on Google Cloud (Application Default Credentials) instead of the
+    /// emulators.
+    #[arg(long)]
+    pub cloud: bool,
+}
+
+impl Target {
+    pub async fn store(&self) -> Result<Store, OpsError> {
+        let endpoint = if self.cloud {
+            Endpoint::Cloud
+        } else {
+            Endpoint::Emulator(self.firestore.clone())
+        };
+        Ok(Store::connect(&self.project, &endpoint).await?)
+    }
+
+    pub fn pubsub(&self) -> Result<PubsubRest, OpsError> {
+        if self.cloud {
+            Ok(PubsubRest::cloud(&self.project)?)
+        } else {
+            Ok(PubsubRest::emulator(&self.pubsub, &self.project))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pubsub(#[from] RestError),
+    #[error("no order {0}")]
+    NoOrder(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The timeline of one order, as text: time, time since the previous line, step, what
+/// happened, and the outcome.
+pub async fn trace(store: &Store, order_id: &str) -> Result<String, OpsError> {
+    let status = match store.get::<OrderDoc>(collections::ORDERS, order_id).await? {
+        Some(order) => format!(
+            "{}{}",
+            order.status,
+            order.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        None if store
+            .get::<RequestDoc>(collections::REQUESTS, order_id)
+            .await?
+            .is_some() =>
+        {
+            "PENDING".into()
+        }
+        None => return Err(OpsError::NoOrder(order_id.to_owned())),
+    };
+    let entries = timeline::history(store, order_id).await?;
+    let mut out = String::new();
+    let trace_id = entries
+        .iter()
+        .find_map(|e| e.trace_id.clone())
+        .unwrap_or_default();
+    let _ = writeln!(out, "order {order_id}: {status}    trace {trace_id}");
+    let _ = writeln!(
+        out,
+        "{:<27} {:>8}  {:<10} {:<9} {:<19} OUTCOME",
+        "TIME", "+MS", "STEP", "KIND", "EVENT"
+    );
+    let mut previous: Option<Timestamp> = None;
+    for e in &entries {
+        let delta = previous.map_or(0, |p| e.at.duration_since(p).as_millis());
+        previous = Some(e.at);
+        let kind = match e.kind {
+            EntryKind::Consumed => "consumed",
+            EntryKind::Emitted => "emitted",
+            EntryKind::Duplicate => "duplicate",
+        };
+        let _ = writeln!(
+            out,
+            "{:<27} {:>8}  {:<10} {:<9} {:<19} {}",
+            e.at.to_string(),
+            delta,
+            e.step,
+            kind,
+            e.event_type,
+            e.outcome
+        );
+    }
+    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+        let _ = writeln!(
+            out,
+            "total {} ms",
+            last.at.duration_since(first.at).as_millis()
+        );
+    }
+    Ok(out)
+}
+
+/// What to replay.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The topic whose recorded events to replay.
+    #[arg(long)]
+    pub topic: String,
+    /// Replay events emitted at or after this time (RFC 3339, e.g. 2026-11-21T10:00:00Z).
+    #[arg(long)]
+    pub since: Timestamp,
+    /// ... and at or before this time (default: now).
+    #[arg(long)]
+    pub until: Option<Timestamp>,
+    /// Only this order's events.
+    #[arg(long)]
+    pub order: Option<String>,
+    /// Publish to this topic instead (a new consumer's own topic).
+    #[arg(long)]
+    pub to_topic: Option<String>,
+    /// List what would be replayed, publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub matched: usize,
+    pub published: usize,
+}
+
+fn bar(len: usize, what: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
+        .map(|s| s.progress_chars("=> "))
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Republishes recorded events, marked `replay=true`; consumers' idempotency makes a replay
+/// harmless to those that already processed them.
+pub async fn replay(
+    store: &Store,
+    pubsub: &PubsubRest,
+    args: &ReplayArgs,
+    progress: bool,
+) -> Result<Replayed, OpsError> {
+    let until = args.until.unwrap_or_else(Timestamp::now);
+    let mut entries = timeline::emitted_between(store, args.since, until).await?;
+    entries.retain(|e| {
+        e.topic.as_deref() == Some(args.topic.as_str())
+            && args.order.as_ref().is_none_or(|o| &e.order_id == o)
+    });
+    let mut report = Replayed {
+        matched: entries.len(),
+        published: 0,
+    };
+    if args.dry_run {
+        for e in &entries {
+            println!("{} {} {} {}", e.at, e.order_id, e.event_type, e.event_id);
+        }
+        return Ok(report);
+    }
+    let topic = args.to_topic.as_deref().unwrap_or(&args.topic);
+    let bar = bar(entries.len(), "replaying", progress);
+    for e in &entries {
+        let mut attributes = e.attributes.clone();
+        attributes.insert("replay".into(), "true".into());
+        let payload = e.payload.as_deref().unwrap_or_default();
+        pubsub
+            .publish(topic, payload.as_bytes(), &attributes)
+            .await?;
+        report.published += 1;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// A message an operator should look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `parked`, or the dead-letter pull subscription it sits in.
+    pub place: String,
+    /// The parked document id, or the Pub/Sub message id.
+    pub id: String,
+    /// The subscription it failed on.
+    pub source: String,
+    pub reason: String,
+    pub event_type: String,
+    pub order_id: String,
+}
+
+fn dead_letter_subscriptions() -> impl Iterator<Item = &'static str> {
+    PULL_SUBSCRIPTIONS
+        .iter()
+        .filter(|p| {
+            PUSH_SUBSCRIPTIONS
+                .iter()
+                .any(|s| s.dead_letter_topic == p.topic)
+        })
+        .map(|p| p.name)
+}
+
+fn describe(data: &[u8]) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    (
+        value["type"].as_str().unwrap_or("?").to_owned(),
+        value["order_id"].as_str().unwrap_or("?").to_owned(),
+    )
+}
+
+/// Parked messages (from Firestore) and dead letters (peeked from every dead-letter pull
+/// subscription, and left there).
+pub async fn dlq_list(store: &Store, pubsub: &PubsubRest) -> Result<Vec<DeadLetter>, OpsError> {
+    let mut all = Vec::new();
+    for (id, parked) in store.all::<ParkedMessage>(collections::PARKED).await? {
+        let data = parked_data(&parked).unwrap_or_default();
+        let (event_type, order_id) = describe(&data);
+        all.push(DeadLetter {
+            place: "parked".into(),
+            id,
+            source: parked.subscription,
+            reason: parked.reason,
+            event_type,
+            order_id,
+        });
+    }
+    for subscription in dead_letter_subscriptions() {
+        let messages = pubsub.pull_all(subscription, 1_000).await?;
+        let ack_ids: Vec<String> = messages.iter().map(|m| m.ack_id.clone()).collect();
+        for m in &messages {
+            let (event_type, order_id) = describe(&m.data);
+            let attempts = m
+                .attributes
+                .get("CloudPubSubDeadLetterSourceDeliveryCount")
+                .cloned()
+                .unwrap_or_else(|| "?".into());
+            all.push(DeadLetter {
+                place: subscription.into(),
+                id: m.message_id.clone(),
+                source: source_subscription(&m.attributes, subscription),
+                reason: format!("dead-lettered after {attempts} delivery attempts"),
+                event_type,
+                order_id,
+            });
+        }
+        pubsub.nack(subscription, &ack_ids).await?;
+    }
+    Ok(all)
+}
+
+/// The subscription a dead letter came from: Pub/Sub's attribute, or the topology.
+fn source_subscription(attributes: &BTreeMap<String, String>, dlq_subscription: &str) -> String {
+    if let Some(path) = attributes.get("CloudPubSubDeadLetterSourceSubscription") {
+        return path.rsplit('/').next().unwrap_or(path).to_owned();
+    }
+    let topic = PULL_SUBSCRIPTIONS
+        .iter()
+        .find(|p| p.name == dlq_subscription)
+        .map(|p| p.topic);
+    PUSH_SUBSCRIPTIONS
+        .iter()
+        .find(|s| Some(s.dead_letter_topic) == topic)
+        .map_or_else(String::new, |s| s.name.to_owned())
+}
+
+fn topic_of(subscription: &str) -> Option<&'static str> {
+    PUSH_SUBSCRIPTIONS
+        .iter()
+        .find(|s| s.name == subscription)
+        .map(|s| s.topic)
+}
+
+fn parked_data(parked: &ParkedMessage) -> Option<Vec<u8>> {
+    let envelope: PushEnvelope = serde_json::from_str(&parked.body).ok()?;
+    STANDARD.decode(envelope.message.data).ok()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Id(String),
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Redriven {
+    pub republished: usize,
+    /// Parked messages whose original data could not be recovered.
+    pub unrecoverable: usize,
+}
+
+/// Republishes dead letters of `place` (`parked`, or a dead-letter pull subscription) to
+/// the topic they were meant for, marked `redriven=true`, and removes them from where they
+/// were. Run it once the cause is fixed.
+pub async fn dlq_redrive(
+    store: &Store,
+    pubsub: &PubsubRest,
+    place: &str,
+    selection: &Selection,
+    progress: bool,
+) -> Result<Redriven, OpsError> {
+    let wanted = |id: &str| match selection {
+        Selection::All => true,
+        Selection::Id(want) => want == id,
+    };
+    let mut report = Redriven::default();
+    if place == "parked" {
+        let parked: Vec<_> = store
+            .all::<ParkedMessage>(collections::PARKED)
+            .await?
+            .into_iter()
+            .filter(|(id, _)| wanted(id))
+            .collect();
+        let bar = bar(parked.len(), "redriving", progress);
+        for (id, message) in parked {
+            bar.inc(1);
+            let (Some(data), Some(topic)) =
+                (parked_data(&message), topic_of(&message.subscription))
+            else {
+                report.unrecoverable += 1;
+                continue;
+            };
+            let attributes = BTreeMap::from([("redriven".to_owned(), "true".to_owned())]);
+            pubsub.publish(topic, &data, &attributes).await?;
+            store.delete(collections::PARKED, &id).await?;
+            report.republished += 1;
+        }
+        bar.finish_and_clear();
+        return Ok(report);
+    }
+    if !dead_letter_subscriptions().any(|s| s == place) {
+        let known: Vec<_> = dead_letter_subscriptions().collect();
+        return Err(OpsError::Usage(format!(
+            "{place} is not a dead-letter subscription; one of parked, {}",
+            known.join(", ")
+        )));
+    }
+    let messages = pubsub.pull_all(place, 10_000).await?;
+    let (chosen, others): (Vec<_>, Vec<_>) =
+        messages.into_iter().partition(|m| wanted(&m.message_id));
+    let release: Vec<String> = others.iter().map(|m| m.ack_id.clone()).collect();
+    pubsub.nack(place, &release).await?;
+    let bar = bar(chosen.len(), "redriving", progress);
+    for m in chosen {
+        let source = source_subscription(&m.attributes, place);
+        let Some(topic) = topic_of(&source) else {
+            report.unrecoverable += 1;
+            continue;
+        };
+        let mut attributes: BTreeMap<String, String> = m
+            .attributes
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("CloudPubSubDeadLetter"))
+            .collect();
+        attributes.insert("redriven".into(), "true".into());
+        pubsub.publish(topic, &m.data, &attributes).await?;
+        pubsub.ack(place, std::slice::from_ref(&m.ack_id)).await?;
+        report.republished += 1;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
