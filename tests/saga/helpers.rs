@@ -3,17 +3,16 @@
 //! its own topology, seed data and five in-process functions on free ports.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use saga::check::{Baseline, check};
 use saga_emulator::{Emulator, Kind, Overrides, SeedMode};
 use saga_infra::config::Config;
 use saga_infra::events::Event;
 use saga_infra::runtime::{Runtime, Server};
 use saga_infra::store::{ItemDoc, Store, UserDoc, collections};
+use saga_infra::telemetry::{CloudLogging, MemoryWriter};
 use saga_infra::topology::Function;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -26,6 +25,25 @@ pub struct Hosts {
 }
 
 static HOSTS: OnceCell<Hosts> = OnceCell::const_new();
+static LOGS: OnceLock<MemoryWriter> = OnceLock::new();
+
+/// Every log line of this test process, as the functions write them in the cloud (Cloud
+/// Logging JSON).
+pub fn logs() -> &'static MemoryWriter {
+    LOGS.get_or_init(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let memory = MemoryWriter::default();
+        let writer = memory.clone();
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new(
+                "info,firestore=warn,h2=warn",
+            ))
+            .with(CloudLogging::new("saga-tests", None, move || writer))
+            .try_init();
+        memory
+    })
+}
 /// Kept for the life of the test binary; their watchdogs stop them when it exits.
 static EMULATORS: Mutex<Vec<Emulator>> = Mutex::new(Vec::new());
 
@@ -118,6 +136,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
+    logs();
     let hosts = hosts().await;
     let project = format!("t-{}", &Uuid::new_v4().simple().to_string()[..16]);
     let config = Config {
@@ -346,51 +365,49 @@ impl TestApp {
         subscription: &str,
         done: impl Fn(&[Event]) -> bool,
     ) -> Vec<Event> {
-        let url = format!(
-            "http://{}/v1/projects/{}/subscriptions/{subscription}",
-            self.pubsub_host, self.project
-        );
+        self.pull_messages_until(subscription, |ms| {
+            done(&ms.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>())
+        })
+        .await
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect()
+    }
+
+    /// [`pull_until`], with each message's attributes.
+    pub async fn pull_messages_until(
+        &self,
+        subscription: &str,
+        done: impl Fn(&[(Event, BTreeMap<String, String>)]) -> bool,
+    ) -> Vec<(Event, BTreeMap<String, String>)> {
+        let pubsub = self.pubsub();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut events = Vec::new();
-        while !done(&events) {
+        let mut messages = Vec::new();
+        while !done(&messages) {
             assert!(
                 Instant::now() < deadline,
-                "{subscription}: not found in {events:?}"
+                "{subscription}: not found in {messages:?}"
             );
-            let pulled: Value = self
-                .http
-                .post(format!("{url}:pull"))
-                .json(&serde_json::json!({"maxMessages": 100, "returnImmediately": true}))
-                .send()
-                .await
-                .expect("pull")
-                .json()
-                .await
-                .expect("pull JSON");
-            let received = pulled["receivedMessages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let mut ack_ids = Vec::new();
-            for m in &received {
-                ack_ids.push(m["ackId"].clone());
-                let data = STANDARD
-                    .decode(m["message"]["data"].as_str().unwrap_or_default())
-                    .expect("base64");
-                events.push(serde_json::from_slice(&data).expect("an event"));
+            let received = pubsub.pull(subscription, 100).await.expect("pull");
+            let ack_ids: Vec<String> = received.iter().map(|m| m.ack_id.clone()).collect();
+            for m in received {
+                let event = serde_json::from_slice(&m.data).expect("an event");
+                messages.push((event, m.attributes));
             }
-            if !ack_ids.is_empty() {
-                self.http
-                    .post(format!("{url}:acknowledge"))
-                    .json(&serde_json::json!({ "ackIds": ack_ids }))
-                    .send()
+            if ack_ids.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else {
+                pubsub
+                    .ack(subscription, &ack_ids)
                     .await
                     .expect("acknowledge");
-            } else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        events
+        messages
+    }
+
+    pub fn pubsub(&self) -> saga::pubsub_rest::PubsubRest {
+        saga::pubsub_rest::PubsubRest::emulator(&self.pubsub_host, &self.project)
     }
 }
 

@@ -7,5 +7,6 @@ mod failures;
 mod faults;
 mod happy_path;
 mod helpers;
+mod observability;
 mod push_auth;
 mod saga_up;
