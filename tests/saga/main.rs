@@ -1,6 +1,8 @@
 //! Integration tests against the real Pub/Sub and Firestore emulators.
 
 mod bad_input;
+mod browser;
+mod cli;
 mod deploy;
 mod duplicates;
 mod failures;

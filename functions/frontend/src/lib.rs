@@ -35,6 +35,8 @@ use validate::FieldError;
 pub fn router(runtime: Runtime) -> Router {
     let sweep = step::protect(&runtime, step::outbox_sweep_router(&runtime));
     Router::new()
+        .route("/", get(page))
+        .route("/orders/stream", get(stream_orders))
         .route("/order", post(create_order))
         .route("/order/{id}", get(get_order))
         .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
@@ -400,4 +402,72 @@ async fn find_order(rt: &Runtime, id: Uuid) -> Result<Option<OrderView>, StoreEr
         .map(HistoryEntry::from)
         .collect();
     Ok(Some(view))
+}
+
+const PAGE: &str = include_str!("../assets/index.html");
+
+/// `GET /`: the shop in a browser: a form, the live list of recent orders, their timelines.
+async fn page(State(rt): State<Runtime>) -> axum::response::Html<String> {
+    axum::response::Html(PAGE.replace(
+        "__FAULT_INJECTION__",
+        if rt.config.fault_injection {
+            "true"
+        } else {
+            "false"
+        },
+    ))
+}
+
+/// How many recent orders the page shows, and how often it is refreshed.
+const RECENT: u32 = 30;
+const REFRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `GET /orders/stream`: server-sent events; an `orders` event with the recent orders
+/// whenever they change.
+async fn stream_orders(
+    State(rt): State<Runtime>,
+) -> axum::response::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    let stream = futures::stream::unfold((rt, String::new()), |(rt, last)| async move {
+        loop {
+            match recent_orders(&rt).await {
+                Ok(orders) => {
+                    let json = serde_json::to_string(&orders).unwrap_or_default();
+                    if json != last {
+                        let event = Sse::default().event("orders").data(json.clone());
+                        return Some((Ok(event), (rt, json)));
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "recent orders unavailable"),
+            }
+            tokio::time::sleep(REFRESH).await;
+        }
+    });
+    axum::response::Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn recent_orders(rt: &Runtime) -> Result<Vec<OrderView>, StoreError> {
+    use saga_infra::store::Context;
+    let orders: Vec<OrderDoc> = rt
+        .store
+        .db()
+        .fluent()
+        .select()
+        .from(collections::ORDERS)
+        .order(|o| o.fields([o.field("updated_at").desc()]))
+        .limit(RECENT)
+        .obj()
+        .query()
+        .await
+        .context("reading recent orders")?;
+    Ok(orders
+        .into_iter()
+        .filter_map(|o| {
+            Uuid::parse_str(&o.order_id)
+                .ok()
+                .map(|id| OrderView::of(id, o))
+        })
+        .collect())
 }

@@ -91,10 +91,13 @@ resource "google_cloud_run_v2_service_iam_member" "invoker" {
 }
 
 resource "google_pubsub_subscription" "push" {
-  for_each                   = var.subscriptions
-  name                       = each.key
-  topic                      = var.topic_ids[each.value.topic]
-  ack_deadline_seconds       = each.value.ack_deadline_seconds
+  for_each             = var.subscriptions
+  name                 = each.key
+  topic                = var.topic_ids[each.value.topic]
+  ack_deadline_seconds = each.value.ack_deadline_seconds
+  # Acknowledged messages are kept for 7 days so that `gcloud pubsub subscriptions seek`
+  # can rewind a consumer to a time (or a snapshot) and have them delivered again.
+  retain_acked_messages      = true
   message_retention_duration = "604800s"
 
   expiration_policy {

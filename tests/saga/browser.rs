@@ -1,0 +1,240 @@
+//! The shop in a real headless browser (Debian's chromium and chromium-driver): place an
+//! order from the form, watch it reach COMPLETED without reloading, place one that fails and
+//! see its reason and timeline. Screenshots go to target/screenshots/.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use saga_infra::topology::Function;
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+struct Driver {
+    child: tokio::process::Child,
+    url: String,
+}
+
+async fn chromedriver() -> Driver {
+    assert!(
+        std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+        "the browser test needs Debian's chromium and chromium-driver: \
+         apt-get install chromium chromium-driver (.ci/run installs them)"
+    );
+    let port = saga_emulator::free_port().unwrap();
+    let child = tokio::process::Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{url}/status")).await.is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Driver { child, url }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1200,900",
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
+}
+
+/// Waits until the order row of the page's newest order says `status`; returns (id, reason).
+async fn wait_for_row(client: &Client, id: &str, status: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let row = format!("tr[data-order-id='{id}']");
+    loop {
+        if let Ok(cell) = client.find(Locator::Css(&format!("{row} td.status"))).await
+            && cell.text().await.unwrap_or_default() == status
+        {
+            let reason = client
+                .find(Locator::Css(&format!("{row} td.reason")))
+                .await
+                .unwrap();
+            return reason.text().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {id} never showed {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Places an order from the form and returns its id (from the row that appears).
+async fn place(
+    client: &Client,
+    item: &str,
+    quantity: u32,
+    user: &str,
+    payment_error: bool,
+) -> String {
+    let before: Vec<String> = ids(client).await;
+    for (field, value) in [
+        ("item", item.to_owned()),
+        ("quantity", quantity.to_string()),
+        ("user", user.to_owned()),
+    ] {
+        let input = client.find(Locator::Id(field)).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(&value).await.unwrap();
+    }
+    let checkbox = client.find(Locator::Id("payment-error")).await.unwrap();
+    if checkbox.is_selected().await.unwrap() != payment_error {
+        checkbox.click().await.unwrap();
+    }
+    client
+        .find(Locator::Id("place"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(new) = ids(client)
+            .await
+            .into_iter()
+            .find(|id| !before.contains(id))
+        {
+            return new;
+        }
+        assert!(Instant::now() < deadline, "the order never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ids(client: &Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    for row in client
+        .find_all(Locator::Css("#orders tbody tr"))
+        .await
+        .unwrap_or_default()
+    {
+        if let Ok(Some(id)) = row.attr("data-order-id").await {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail() {
+    let app = spawn_app().await;
+    let mut driver = chromedriver().await;
+    let client = browser(&driver).await;
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    client
+        .goto(&app.url(Function::Frontend, "/"))
+        .await
+        .unwrap();
+    assert_eq!(client.title().await.unwrap(), "Order saga");
+
+    let good = place(&client, "widget", 2, "jack", false).await;
+    let reason = wait_for_row(&client, &good, "COMPLETED").await;
+    assert_eq!(reason, "");
+
+    let bad = place(&client, "wotsit", 1, "jill", true).await;
+    let reason = wait_for_row(&client, &bad, "COMPENSATED").await;
+    assert_eq!(reason, "payment-error");
+
+    // A rejected form shows the API's error.
+    client
+        .find(Locator::Id("user"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("user"))
+        .await
+        .unwrap()
+        .send_keys("no/slash")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("place"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = client
+            .find(Locator::Id("error"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("user") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no error shown: {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The failed order's timeline.
+    client
+        .find(Locator::Css(&format!("tr[data-order-id='{bad}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let timeline = client
+            .find(Locator::Id("timeline"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if timeline.contains("janitor") {
+            assert!(
+                timeline.contains("COMPENSATED (payment-error)"),
+                "{timeline}"
+            );
+            assert!(timeline.contains("inventory"), "{timeline}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no timeline: {timeline}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(shots.join("shop.png"), &png).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+
+    client.close().await.unwrap();
+    let _ = driver.child.kill().await;
+    app.assert_invariants().await;
+}
