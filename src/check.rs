@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use saga_infra::events::OrderStatus;
 use saga_infra::store::{
     ItemDoc, OrderDoc, OutboxRecord, PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus,
-    Store, StoreError, UserDoc, collections,
+    StockShard, Store, StoreError, UserDoc, collections,
 };
 use serde::Serialize;
 
@@ -89,6 +89,7 @@ pub async fn check(
         .await?
         .into_iter()
         .collect();
+    let shards: Vec<(String, StockShard)> = store.all(collections::STOCK_SHARDS).await?;
     let outbox: Vec<(String, OutboxRecord)> = store.all(collections::OUTBOX).await?;
 
     let mut report = Report::default();
@@ -104,8 +105,16 @@ pub async fn check(
             *held.entry(&r.item).or_default() += r.quantity;
         }
     }
+    let mut sharded: BTreeMap<&str, i64> = BTreeMap::new();
+    for (id, shard) in &shards {
+        if shard.stock < 0 {
+            v.push(format!("stock shard {id} is negative: {}", shard.stock));
+        }
+        *sharded.entry(&shard.item).or_default() += shard.stock;
+    }
     for (item, seeded) in &baseline.stock {
-        let now = items.get(item).map_or(0, |i| i.stock);
+        let now = items.get(item).map_or(0, |i| i.stock)
+            + sharded.get(item.as_str()).copied().unwrap_or(0);
         let reserved = held.get(item.as_str()).copied().unwrap_or(0);
         if now < 0 {
             v.push(format!("stock of {item} is negative: {now}"));

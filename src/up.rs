@@ -119,71 +119,108 @@ impl UpArgs {
     }
 }
 
-/// Runs the stack until Ctrl-C (or a function dies), then stops everything it started.
-pub async fn up(args: UpArgs) -> Result<(), UpError> {
-    if !(6..=30).contains(&args.project.len()) {
-        return Err(UpError::Project(args.project.clone()));
-    }
-    std::fs::create_dir_all(&args.log_dir)
-        .map_err(|e| UpError::Io(format!("creating {}: {e}", args.log_dir.display())))?;
-    let pubsub_host = format!("127.0.0.1:{}", args.pubsub_port);
-    let firestore_host = format!("127.0.0.1:{}", args.firestore_port);
-    for function in Function::ALL {
-        let port = args.port_of(function);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            return Err(UpError::PortInUse { function, port });
-        }
-    }
-
-    eprintln!("Starting the emulators (this takes 10-20 s)...");
-    let (pubsub, firestore) = tokio::join!(
-        emulator(Kind::PubSub, &pubsub_host, &args),
-        emulator(Kind::Firestore, &firestore_host, &args),
-    );
-    let (_pubsub, _firestore) = (pubsub?, firestore?);
-
-    let push_endpoint =
-        |s: &PushSubscription| format!("http://127.0.0.1:{}{}", args.port_of(s.function), s.path);
-    saga_emulator::create_topology(&args.project, &pubsub_host, push_endpoint).await?;
-    let store = Store::connect(&args.project, &Endpoint::Emulator(firestore_host.clone())).await?;
-    let mode = if args.reset_data {
-        SeedMode::Reset
-    } else {
-        SeedMode::IfAbsent
-    };
-    let seeded = saga_emulator::seed(&store, mode).await?;
-
-    let config = Config {
-        fault_injection: !args.no_fault_injection,
-        ..Config::emulators(&args.project, &pubsub_host, &firestore_host)
-    };
-    let mut children = BTreeMap::new();
-    for function in Function::ALL {
-        children.insert(
-            function,
-            spawn_function(function, &config, args.port_of(function))?,
-        );
-    }
-    let result = run(&args, &config, seeded, &mut children).await;
-    stop(&mut children).await;
-    eprintln!("Stopped the functions and the emulators it started.");
-    result
+/// A running local stack: the emulators (started, or reused), the topology and seed data,
+/// and the five functions as child processes.
+pub struct Stack {
+    pub config: Config,
+    pub ports: BTreeMap<Function, u16>,
+    /// Seed documents written.
+    pub seeded: usize,
+    /// How long each function took from launch to answering its health check.
+    pub ready: BTreeMap<Function, Duration>,
+    /// The emulators this stack started (none if it reused running ones).
+    pub emulators: Vec<Emulator>,
+    children: BTreeMap<Function, Child>,
 }
 
-async fn run(
-    args: &UpArgs,
-    config: &Config,
-    seeded: usize,
-    children: &mut BTreeMap<Function, Child>,
-) -> Result<(), UpError> {
-    for function in Function::ALL {
-        wait_healthy(function, args.port_of(function), children).await?;
+impl Stack {
+    pub async fn start(args: &UpArgs) -> Result<Stack, UpError> {
+        if !(6..=30).contains(&args.project.len()) {
+            return Err(UpError::Project(args.project.clone()));
+        }
+        std::fs::create_dir_all(&args.log_dir)
+            .map_err(|e| UpError::Io(format!("creating {}: {e}", args.log_dir.display())))?;
+        let pubsub_host = format!("127.0.0.1:{}", args.pubsub_port);
+        let firestore_host = format!("127.0.0.1:{}", args.firestore_port);
+        for function in Function::ALL {
+            let port = args.port_of(function);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                return Err(UpError::PortInUse { function, port });
+            }
+        }
+
+        eprintln!("Starting the emulators (this takes 10-20 s)...");
+        let (pubsub, firestore) = tokio::join!(
+            emulator(Kind::PubSub, &pubsub_host, args),
+            emulator(Kind::Firestore, &firestore_host, args),
+        );
+        let emulators: Vec<Emulator> = [pubsub?, firestore?].into_iter().flatten().collect();
+
+        let push_endpoint = |s: &PushSubscription| {
+            format!("http://127.0.0.1:{}{}", args.port_of(s.function), s.path)
+        };
+        saga_emulator::create_topology(&args.project, &pubsub_host, push_endpoint).await?;
+        let store =
+            Store::connect(&args.project, &Endpoint::Emulator(firestore_host.clone())).await?;
+        let mode = if args.reset_data {
+            SeedMode::Reset
+        } else {
+            SeedMode::IfAbsent
+        };
+        let seeded = saga_emulator::seed(&store, mode).await?;
+
+        let config = Config {
+            fault_injection: !args.no_fault_injection,
+            ..Config::emulators(&args.project, &pubsub_host, &firestore_host)
+        };
+        let mut children = BTreeMap::new();
+        let mut launched = BTreeMap::new();
+        for function in Function::ALL {
+            launched.insert(function, Instant::now());
+            children.insert(
+                function,
+                spawn_function(function, &config, args.port_of(function))?,
+            );
+        }
+        let ready = wait_healthy(args, &launched, &mut children).await?;
+        Ok(Stack {
+            config,
+            ports: Function::ALL
+                .iter()
+                .map(|f| (*f, args.port_of(*f)))
+                .collect(),
+            seeded,
+            ready,
+            emulators,
+            children,
+        })
     }
-    print_banner(args, config, seeded);
-    tokio::select! {
+
+    /// The process id of a function.
+    pub fn pid(&self, function: Function) -> Option<u32> {
+        self.children.get(&function).and_then(Child::id)
+    }
+
+    /// Stops the functions (gracefully), then the emulators it started.
+    pub async fn stop(mut self) {
+        stop(&mut self.children).await;
+        for mut emulator in self.emulators.drain(..) {
+            emulator.stop();
+        }
+    }
+}
+
+/// Runs the stack until Ctrl-C (or a function dies), then stops everything it started.
+pub async fn up(args: UpArgs) -> Result<(), UpError> {
+    let mut stack = Stack::start(&args).await?;
+    print_banner(&args, &stack.config, stack.seeded);
+    let result = tokio::select! {
         _ = saga_infra::runtime::shutdown_signal() => Ok(()),
-        exited = first_exit(children) => Err(exited),
-    }
+        exited = first_exit(&mut stack.children) => Err(exited),
+    };
+    stack.stop().await;
+    eprintln!("Stopped the functions and the emulators it started.");
+    result
 }
 
 async fn emulator(kind: Kind, host: &str, args: &UpArgs) -> Result<Option<Emulator>, UpError> {
@@ -221,34 +258,44 @@ fn spawn_function(function: Function, config: &Config, port: u16) -> Result<Chil
         .map_err(|e| UpError::Io(format!("starting {function}: {e}")))
 }
 
+/// Waits for every function's health check; returns how long each took from its launch.
 async fn wait_healthy(
-    function: Function,
-    port: u16,
+    args: &UpArgs,
+    launched: &BTreeMap<Function, Instant>,
     children: &mut BTreeMap<Function, Child>,
-) -> Result<(), UpError> {
+) -> Result<BTreeMap<Function, Duration>, UpError> {
     let limit = Duration::from_secs(30);
-    let started = Instant::now();
-    loop {
-        if http_ok(port, "/healthz").await {
-            return Ok(());
+    let mut ready = BTreeMap::new();
+    while ready.len() < Function::ALL.len() {
+        for function in Function::ALL {
+            if ready.contains_key(&function) {
+                continue;
+            }
+            let port = args.port_of(function);
+            let since = launched[&function];
+            if http_ok(port, "/healthz").await {
+                ready.insert(function, since.elapsed());
+                continue;
+            }
+            if let Some(child) = children.get_mut(&function)
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(UpError::FunctionExited {
+                    function,
+                    status: status.to_string(),
+                });
+            }
+            if since.elapsed() > limit {
+                return Err(UpError::Unhealthy {
+                    function,
+                    port,
+                    waited: limit,
+                });
+            }
         }
-        if let Some(child) = children.get_mut(&function)
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            return Err(UpError::FunctionExited {
-                function,
-                status: status.to_string(),
-            });
-        }
-        if started.elapsed() > limit {
-            return Err(UpError::Unhealthy {
-                function,
-                port,
-                waited: limit,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    Ok(ready)
 }
 
 /// Whether `GET path` on the local port answers 200.

@@ -142,3 +142,60 @@ pub async fn create_topology_with(
     }
     Ok(())
 }
+
+/// Creates a topic and a push subscription on it (the bench's floor measurement uses these
+/// for a bare chain outside the saga's topology).
+pub async fn create_push_pair(
+    project: &str,
+    pubsub_host: &str,
+    topic: &str,
+    subscription: &str,
+    endpoint: &str,
+) -> Result<(), BootstrapError> {
+    let url = format!("http://{pubsub_host}");
+    let topics = TopicAdmin::builder()
+        .with_endpoint(&url)
+        .with_credentials(anonymous())
+        .build()
+        .await
+        .map_err(|e| BootstrapError {
+            what: "connecting the topic admin client".into(),
+            source: google_cloud_pubsub::Error::io(e),
+        })?;
+    let subscriptions = SubscriptionAdmin::builder()
+        .with_endpoint(&url)
+        .with_credentials(anonymous())
+        .build()
+        .await
+        .map_err(|e| BootstrapError {
+            what: "connecting the subscription admin client".into(),
+            source: google_cloud_pubsub::Error::io(e),
+        })?;
+    match topics
+        .create_topic()
+        .set_name(topic_path(project, topic))
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if already_exists(&e) => {}
+        Err(e) => return Err(context(|| format!("creating topic {topic}"))(e)),
+    }
+    let subscription_request = Subscription::new()
+        .set_name(subscription_path(project, subscription))
+        .set_topic(topic_path(project, topic))
+        .set_push_config(PushConfig::new().set_push_endpoint(endpoint))
+        .set_ack_deadline_seconds(60);
+    match subscriptions
+        .create_subscription()
+        .with_request(subscription_request)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if already_exists(&e) => Ok(()),
+        Err(e) => Err(context(|| format!("creating subscription {subscription}"))(
+            e,
+        )),
+    }
+}

@@ -187,6 +187,11 @@ impl Emulator {
         }
     }
 
+    /// The process id of the watchdog the emulator runs under (the JVM is a descendant).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the emulator and everything it started.
     pub fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

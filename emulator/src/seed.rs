@@ -1,6 +1,8 @@
 //! The seed data of the original design: a catalogue with stock, users with balances.
 
-use saga_infra::store::{ItemDoc, Store, StoreError, UserDoc, collections};
+use saga_infra::store::{
+    ItemDoc, StockShard, Store, StoreError, UserDoc, collections, stock_shard_id,
+};
 
 /// `(item, price, stock)`.
 pub const ITEMS: [(&str, i64, i64); 2] = [("widget", 10, 10_000), ("wotsit", 15, 20_000)];
@@ -28,7 +30,7 @@ pub async fn seed(store: &Store, mode: SeedMode) -> Result<usize, StoreError> {
                 .is_none()
         {
             store
-                .set(collections::INVENTORY, item, &ItemDoc { price, stock })
+                .set(collections::INVENTORY, item, &ItemDoc::new(price, stock))
                 .await?;
             written += 1;
         }
@@ -47,4 +49,43 @@ pub async fn seed(store: &Store, mode: SeedMode) -> Result<usize, StoreError> {
         }
     }
     Ok(written)
+}
+
+/// Creates (or resets) `item` with `stock` split as evenly as possible over `shards` stock
+/// shards: the hot-item design. `shards` of 0 or 1 keeps the stock on the item document.
+pub async fn item(
+    store: &Store,
+    item: &str,
+    price: i64,
+    stock: i64,
+    shards: u32,
+) -> Result<(), StoreError> {
+    if shards <= 1 {
+        return store
+            .set(collections::INVENTORY, item, &ItemDoc::new(price, stock))
+            .await;
+    }
+    let k = i64::from(shards);
+    for index in 0..shards {
+        let i = i64::from(index);
+        let part = stock / k + i64::from(i < stock % k);
+        let shard = StockShard {
+            item: item.to_owned(),
+            index,
+            stock: part,
+        };
+        store
+            .set(
+                collections::STOCK_SHARDS,
+                &stock_shard_id(item, index),
+                &shard,
+            )
+            .await?;
+    }
+    let doc = ItemDoc {
+        price,
+        stock: 0,
+        shards: Some(shards),
+    };
+    store.set(collections::INVENTORY, item, &doc).await
 }

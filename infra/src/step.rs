@@ -27,13 +27,13 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::config::PushAuth;
-use crate::events::{Event, EventBody};
+use crate::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
 use crate::outbox::{self, DeliverError, SweepReport};
 use crate::push::{self, Poison};
 use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
 use crate::store::{
-    OutboxRecord, ParkedMessage, StepRecord, StoreError, Tx, collections, expiry_from,
+    OrderDoc, OutboxRecord, ParkedMessage, StepRecord, StoreError, Tx, collections, expiry_from,
     step_record_id,
 };
 use crate::timeline;
@@ -78,6 +78,36 @@ impl Outcome {
             not_yet: true,
         }
     }
+}
+
+/// Fails the saga at this step: the order becomes FAILED with `reason`, and the
+/// `saga-failed` event the janitor compensates is emitted. Shared by every forward step.
+pub fn fail_saga(
+    tx: &mut Tx<'_, '_>,
+    order: OrderDoc,
+    details: &OrderDetails,
+    reason: FailureReason,
+    step: &str,
+) -> Result<Outcome, StoreError> {
+    let id = order.order_id.clone();
+    tx.set(
+        collections::ORDERS,
+        &id,
+        &OrderDoc {
+            status: OrderStatus::Failed,
+            reason: Some(reason),
+            updated_at: Timestamp::now(),
+            ..order
+        },
+    )?;
+    Ok(Outcome::emit(
+        format!("rejected: {reason}"),
+        EventBody::SagaFailed {
+            order: details.clone(),
+            reason,
+            step: step.to_owned(),
+        },
+    ))
 }
 
 /// A saga step: reads what it needs through the transaction, queues its effect on it, and

@@ -30,6 +30,8 @@ pub mod collections {
     pub const INVENTORY: &str = "inventory";
     /// `users/{user}`: balance.
     pub const USERS: &str = "users";
+    /// `stock_shards/{item}--{index}`: a hot item's stock, split.
+    pub const STOCK_SHARDS: &str = "stock_shards";
     /// `reservations/{order_id}`: stock held for an order.
     pub const RESERVATIONS: &str = "reservations";
     /// `payments/{order_id}`: money taken for an order.
@@ -89,7 +91,34 @@ pub struct OrderDoc {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemDoc {
     pub price: i64,
+    /// The stock, unless the item is sharded: then the shards hold it and this is 0.
     pub stock: i64,
+    /// A hot item's stock is split over this many `stock_shards` documents, so concurrent
+    /// reservations do not all serialise on one document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+}
+
+impl ItemDoc {
+    pub fn new(price: i64, stock: i64) -> ItemDoc {
+        ItemDoc {
+            price,
+            stock,
+            shards: None,
+        }
+    }
+}
+
+/// `stock_shards/{item}--{index}`: part of a sharded item's stock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockShard {
+    pub item: String,
+    pub index: u32,
+    pub stock: i64,
+}
+
+pub fn stock_shard_id(item: &str, index: u32) -> String {
+    format!("{item}--{index}")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,9 +138,18 @@ pub struct ReservationDoc {
     pub order_id: String,
     pub item: String,
     pub quantity: i64,
+    /// For a sharded item: how much was taken from which shard (what a release gives back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<Allocation>,
     pub status: ReservationStatus,
     #[serde(with = "firestore::serialize_as_timestamp")]
     pub updated_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub shard: u32,
+    pub quantity: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

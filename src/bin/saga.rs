@@ -41,6 +41,19 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Drive real orders through a local stack it starts, and report speed, latency,
+    /// resources and the emulators' floor; a run that breaks an invariant fails (exit 1).
+    Bench(saga::bench::BenchArgs),
+    /// Regenerate the results section of a markdown file from the results in a directory.
+    BenchReport {
+        /// Where the bench wrote its JSON results and histograms.
+        #[arg(long, default_value = "docs/benchmarks")]
+        dir: std::path::PathBuf,
+        /// The markdown file whose `<!-- bench:begin -->` ... `<!-- bench:end -->` section is
+        /// rewritten.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        markdown: std::path::PathBuf,
+    },
     /// Run one function, configured from the environment (what its container runs).
     Serve {
         /// frontend, order, inventory, payments or janitor.
@@ -168,6 +181,37 @@ async fn main() -> ExitCode {
             }
         }
         Command::Dlq { command } => dlq(command).await,
+        Command::Bench(args) => match saga::bench::bench(&args).await {
+            Ok(result) => {
+                print!("{}", saga::bench::table(&result));
+                println!("results in {}", args.out.display());
+                if result.invariants_held {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => fail("bench", e),
+        },
+        Command::BenchReport { dir, markdown } => {
+            let run = || -> Result<(), String> {
+                let section = saga::bench::report(&dir).map_err(|e| e.to_string())?;
+                let text = std::fs::read_to_string(&markdown).map_err(|e| e.to_string())?;
+                let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
+                let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+                    return Err(format!(
+                        "{} has no {begin} ... {end} section",
+                        markdown.display()
+                    ));
+                };
+                let text = format!("{}{begin}\n{section}\n{}", &text[..a], &text[b..]);
+                std::fs::write(&markdown, text).map_err(|e| e.to_string())
+            };
+            match run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail("bench-report", e),
+            }
+        }
         Command::Up(args) => match saga::up::up(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -139,3 +139,42 @@ async fn a_failure_that_overtakes_the_order_leaves_a_tombstone_the_late_order_re
     assert_eq!(app.stock("widget").await, 10_000);
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_payment_gives_a_sharded_item_back_exactly_what_it_took_from_each_shard() {
+    use saga_infra::store::{StockShard, collections};
+    let mut app = crate::helpers::spawn_app().await;
+    app.add_item("gizmo", 2, 10, 4).await;
+    let shards_before: Vec<(String, StockShard)> = app.docs(collections::STOCK_SHARDS).await;
+    // 7 units: more than any one shard holds, so it takes from several.
+    let id = app
+        .place(json!({"item": "gizmo", "quantity": 7, "user": "jack", "payment-error": "x"}))
+        .await;
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["reason"], "payment-error");
+    let reservation: ReservationDoc = app
+        .doc(collections::RESERVATIONS, &id.to_string())
+        .await
+        .unwrap();
+    assert!(reservation.allocations.len() >= 2, "{reservation:?}");
+    assert_eq!(
+        reservation
+            .allocations
+            .iter()
+            .map(|a| a.quantity)
+            .sum::<i64>(),
+        7
+    );
+    let shards_after: Vec<(String, StockShard)> = app.docs(collections::STOCK_SHARDS).await;
+    assert_eq!(shards_after, shards_before, "every shard back where it was");
+
+    let ok = app
+        .place(json!({"item": "gizmo", "quantity": 10, "user": "jack"}))
+        .await;
+    assert_eq!(
+        app.wait_terminal(ok).await["status"],
+        "COMPLETED",
+        "all 10 can still be sold"
+    );
+    app.assert_invariants().await;
+}

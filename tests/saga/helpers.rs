@@ -227,10 +227,10 @@ impl TestApp {
         }
     }
 
-    /// Adds an item to this test's catalogue (and to the invariant baseline).
-    pub async fn add_item(&mut self, item: &str, price: i64, stock: i64) {
-        self.store
-            .set(collections::INVENTORY, item, &ItemDoc { price, stock })
+    /// Adds an item to this test's catalogue (and to the invariant baseline), its stock on
+    /// one document, or split over `shards` stock shards.
+    pub async fn add_item(&mut self, item: &str, price: i64, stock: i64, shards: u32) {
+        saga_emulator::seed::item(&self.store, item, price, stock, shards)
             .await
             .expect("adding an item");
         self.baseline.stock.insert(item.to_owned(), stock);

@@ -10,13 +10,20 @@ use saga_infra::Runtime;
 use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
 use saga_infra::step::{self, Outcome, Step};
 use saga_infra::store::{
-    ItemDoc, OrderDoc, ReservationDoc, ReservationStatus, StoreError, Tx, collections,
+    Allocation, ItemDoc, OrderDoc, ReservationDoc, ReservationStatus, StockShard, StoreError, Tx,
+    collections, stock_shard_id,
 };
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     Reserve {
         remaining_stock: i64,
+        unit_price: i64,
+        amount: i64,
+    },
+    /// A sharded (hot) item: take the stock shard by shard, see [`plan_shards`].
+    ReserveFromShards {
+        shards: u32,
         unit_price: i64,
         amount: i64,
     },
@@ -37,6 +44,16 @@ pub fn decide(order: Option<&OrderDoc>, item: Option<&ItemDoc>, quantity: i64) -
     let Some(item) = item else {
         return Decision::Reject(FailureReason::UnknownItem);
     };
+    if let Some(shards) = item.shards.filter(|k| *k > 0) {
+        return match item.price.checked_mul(quantity) {
+            Some(amount) => Decision::ReserveFromShards {
+                shards,
+                unit_price: item.price,
+                amount,
+            },
+            None => Decision::Reject(FailureReason::InsufficientFunds),
+        };
+    }
     if item.stock < quantity {
         return Decision::Reject(FailureReason::InsufficientStock);
     }
@@ -48,6 +65,38 @@ pub fn decide(order: Option<&OrderDoc>, item: Option<&ItemDoc>, quantity: i64) -
         },
         None => Decision::Reject(FailureReason::InsufficientFunds),
     }
+}
+
+/// The order in which an order visits a sharded item's shards: starting at one chosen by its
+/// id (spreading concurrent orders over the shards), then the others in turn.
+pub fn shard_order(order_id: uuid::Uuid, shards: u32) -> impl Iterator<Item = u32> {
+    let start = (order_id.as_u128() % u128::from(shards.max(1))) as u32;
+    (0..shards).map(move |i| (start + i) % shards)
+}
+
+/// Given the shards visited so far, as `(index, stock)` in visiting order: how much to take
+/// from which, or `None` if they do not hold `quantity` between them (visit another).
+pub fn plan_shards(visited: &[(u32, i64)], quantity: i64) -> Option<Vec<Allocation>> {
+    let available: i64 = visited.iter().map(|(_, stock)| (*stock).max(0)).sum();
+    if available < quantity {
+        return None;
+    }
+    let mut left = quantity;
+    let mut plan = Vec::new();
+    for (shard, stock) in visited {
+        if left == 0 {
+            break;
+        }
+        let take = left.min((*stock).max(0));
+        if take > 0 {
+            plan.push(Allocation {
+                shard: *shard,
+                quantity: take,
+            });
+            left -= take;
+        }
+    }
+    Some(plan)
 }
 
 pub struct InventoryStep;
@@ -94,6 +143,7 @@ impl Step for InventoryStep {
                                 order_id: id.clone(),
                                 item: details.item.clone(),
                                 quantity,
+                                allocations: Vec::new(),
                                 status: ReservationStatus::Reserved,
                                 updated_at: now,
                             },
@@ -116,25 +166,87 @@ impl Step for InventoryStep {
                             },
                         )
                     }
-                    (Decision::Reject(reason), Some(order), _) => {
+                    (
+                        Decision::ReserveFromShards {
+                            shards,
+                            unit_price,
+                            amount,
+                        },
+                        Some(order),
+                        Some(_),
+                    ) => {
+                        let mut visited = Vec::new();
+                        let mut plan = None;
+                        for index in shard_order(event.order_id, shards) {
+                            let shard: Option<StockShard> = tx
+                                .get(
+                                    collections::STOCK_SHARDS,
+                                    &stock_shard_id(&details.item, index),
+                                )
+                                .await?;
+                            visited.push((index, shard.map_or(0, |s| s.stock)));
+                            plan = plan_shards(&visited, quantity);
+                            if plan.is_some() {
+                                break;
+                            }
+                        }
+                        let Some(allocations) = plan else {
+                            // Every shard was read in this transaction: the stock really is short.
+                            return step::fail_saga(
+                                tx,
+                                order,
+                                details,
+                                FailureReason::InsufficientStock,
+                                Self::NAME,
+                            );
+                        };
+                        for a in &allocations {
+                            let stock = visited
+                                .iter()
+                                .find(|(i, _)| *i == a.shard)
+                                .map_or(0, |(_, s)| *s);
+                            tx.set(
+                                collections::STOCK_SHARDS,
+                                &stock_shard_id(&details.item, a.shard),
+                                &StockShard {
+                                    item: details.item.clone(),
+                                    index: a.shard,
+                                    stock: stock - a.quantity,
+                                },
+                            )?;
+                        }
+                        tx.set(
+                            collections::RESERVATIONS,
+                            &id,
+                            &ReservationDoc {
+                                order_id: id.clone(),
+                                item: details.item.clone(),
+                                quantity,
+                                allocations,
+                                status: ReservationStatus::Reserved,
+                                updated_at: now,
+                            },
+                        )?;
                         tx.set(
                             collections::ORDERS,
                             &id,
                             &OrderDoc {
-                                status: OrderStatus::Failed,
-                                reason: Some(reason),
+                                status: OrderStatus::InventoryReserved,
                                 updated_at: now,
                                 ..order
                             },
                         )?;
                         Outcome::emit(
-                            format!("rejected: {reason}"),
-                            EventBody::SagaFailed {
+                            format!("reserved {quantity} {} from shards", details.item),
+                            EventBody::InventoryReserved {
                                 order: details.clone(),
-                                reason,
-                                step: Self::NAME.into(),
+                                unit_price,
+                                amount,
                             },
                         )
+                    }
+                    (Decision::Reject(reason), Some(order), _) => {
+                        step::fail_saga(tx, order, details, reason, Self::NAME)?
                     }
                     (Decision::Skip(why), _, _) => Outcome::skip(why),
                     (Decision::NotYet(why), _, _) => Outcome::not_yet(why),
@@ -173,7 +285,53 @@ mod tests {
     const WIDGETS: ItemDoc = ItemDoc {
         price: 10,
         stock: 20,
+        shards: None,
     };
+
+    #[test]
+    fn given_a_sharded_item_then_reserve_shard_by_shard() {
+        let hot = ItemDoc {
+            shards: Some(4),
+            ..WIDGETS
+        };
+        let d = decide(Some(&order(OrderStatus::OrderCreated)), Some(&hot), 3);
+        assert_eq!(
+            d,
+            Decision::ReserveFromShards {
+                shards: 4,
+                unit_price: 10,
+                amount: 30
+            }
+        );
+    }
+
+    #[test]
+    fn orders_start_at_different_shards_and_visit_each_once() {
+        let starts: std::collections::HashSet<u32> = (0..64)
+            .map(|_| shard_order(uuid::Uuid::new_v4(), 4).next().unwrap())
+            .collect();
+        assert_eq!(starts.len(), 4, "concurrent orders spread over the shards");
+        let mut visits: Vec<u32> = shard_order(uuid::Uuid::new_v4(), 5).collect();
+        visits.sort();
+        assert_eq!(visits, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_plan_takes_from_the_first_shards_that_hold_enough() {
+        let a = |shard, quantity| Allocation { shard, quantity };
+        assert_eq!(plan_shards(&[(2, 5)], 3), Some(vec![a(2, 3)]));
+        assert_eq!(plan_shards(&[(2, 1)], 3), None, "visit another shard");
+        assert_eq!(
+            plan_shards(&[(2, 1), (3, 0), (0, 9)], 3),
+            Some(vec![a(2, 1), a(0, 2)])
+        );
+        assert_eq!(plan_shards(&[(1, 0), (2, 0)], 1), None);
+        assert_eq!(
+            plan_shards(&[(1, -4), (2, 2)], 2),
+            Some(vec![a(2, 2)]),
+            "never take from a negative shard"
+        );
+    }
 
     #[test]
     fn given_enough_stock_when_an_order_is_created_then_reserve_and_price_it() {

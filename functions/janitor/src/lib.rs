@@ -15,8 +15,8 @@ use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderSta
 use saga_infra::step::{self, Ack, Outcome, PushError, Step};
 use saga_infra::store::Context;
 use saga_infra::store::{
-    ItemDoc, OrderDoc, PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus, StoreError,
-    Tx, UserDoc, collections,
+    ItemDoc, OrderDoc, PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus, StockShard,
+    StoreError, Tx, UserDoc, collections, stock_shard_id,
 };
 use saga_infra::topology::{Function, is_dead_letter_subscription};
 use serde::{Deserialize, Serialize};
@@ -139,26 +139,52 @@ async fn compensate(
             reason,
         } => (release, refund, reason),
     };
-    // All reads before any write: a Firestore transaction requires it.
+    // All reads before any write.
+    let sharded = reservation
+        .as_ref()
+        .is_some_and(|r| !r.allocations.is_empty());
     let item: Option<ItemDoc> = match &release {
-        Some((item, _)) => tx.get(collections::INVENTORY, item).await?,
-        None => None,
+        Some((item, _)) if !sharded => tx.get(collections::INVENTORY, item).await?,
+        _ => None,
     };
+    let mut shards = Vec::new();
+    if let (Some((item, _)), Some(reservation)) = (&release, &reservation) {
+        for a in &reservation.allocations {
+            let shard: Option<StockShard> = tx
+                .get(collections::STOCK_SHARDS, &stock_shard_id(item, a.shard))
+                .await?;
+            shards.push((*a, shard.map_or(0, |s| s.stock)));
+        }
+    }
     let user: Option<UserDoc> = match &refund {
         Some((user, _)) => tx.get(collections::USERS, user).await?,
         None => None,
     };
     let now = Timestamp::now();
     let mut done = Vec::new();
-    if let (Some((name, quantity)), Some(item), Some(reservation)) = (&release, item, reservation) {
-        tx.set(
-            collections::INVENTORY,
-            name,
-            &ItemDoc {
-                stock: item.stock + quantity,
-                ..item
-            },
-        )?;
+    if let (Some((name, quantity)), Some(reservation)) = (&release, reservation) {
+        if let Some(item) = item {
+            tx.set(
+                collections::INVENTORY,
+                name,
+                &ItemDoc {
+                    stock: item.stock + quantity,
+                    ..item
+                },
+            )?;
+        }
+        // A sharded item: each shard gets back exactly what was taken from it.
+        for (a, stock) in &shards {
+            tx.set(
+                collections::STOCK_SHARDS,
+                &stock_shard_id(name, a.shard),
+                &StockShard {
+                    item: name.clone(),
+                    index: a.shard,
+                    stock: stock + a.quantity,
+                },
+            )?;
+        }
         tx.set(
             collections::RESERVATIONS,
             id,
@@ -336,6 +362,7 @@ mod tests {
             order_id: "o".into(),
             item: "widget".into(),
             quantity: 5,
+            allocations: Vec::new(),
             status,
             updated_at: Timestamp::UNIX_EPOCH,
         }

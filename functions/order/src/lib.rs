@@ -57,19 +57,8 @@ impl Step for OrderStep {
                     )
                 }
                 Decision::Reject(reason) => {
-                    tx.set(
-                        collections::ORDERS,
-                        &id,
-                        &new_order(&id, order, OrderStatus::Failed, Some(reason)),
-                    )?;
-                    Outcome::emit(
-                        format!("rejected: {reason}"),
-                        EventBody::SagaFailed {
-                            order: order.clone(),
-                            reason,
-                            step: Self::NAME.into(),
-                        },
-                    )
+                    let pending = new_order(&id, order, OrderStatus::Pending, None);
+                    step::fail_saga(tx, pending, order, reason, Self::NAME)?
                 }
                 Decision::Skip(why) => Outcome::skip(why),
             })

@@ -121,24 +121,7 @@ impl Step for PaymentsStep {
                         )
                     }
                     (Decision::Reject(reason), Some(order)) => {
-                        tx.set(
-                            collections::ORDERS,
-                            &id,
-                            &OrderDoc {
-                                status: OrderStatus::Failed,
-                                reason: Some(reason),
-                                updated_at: now,
-                                ..order
-                            },
-                        )?;
-                        Outcome::emit(
-                            format!("rejected: {reason}"),
-                            EventBody::SagaFailed {
-                                order: details.clone(),
-                                reason,
-                                step: Self::NAME.into(),
-                            },
-                        )
+                        step::fail_saga(tx, order, details, reason, Self::NAME)?
                     }
                     (Decision::Skip(why), _) => Outcome::skip(why),
                     (Decision::NotYet(why), _) => Outcome::not_yet(why),

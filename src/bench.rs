@@ -1,0 +1,718 @@
+//! `saga bench`: real orders through a real local stack (the same one `saga up` runs, on free
+//! ports, with a fresh project), measured end to end, with the resources each process used,
+//! the floor the emulators alone allow, and the invariants checked afterwards: a run that
+//! breaks one has failed, whatever its speed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use saga_infra::events::OrderStatus;
+use saga_infra::store::{OrderDoc, Store, UserDoc, collections};
+use saga_infra::timeline::{self, EntryKind};
+use saga_infra::topology::Function;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::check::{Baseline, check};
+use crate::up::{Stack, UpArgs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Orders spread over 50 items.
+    Spread,
+    /// Every order on one item.
+    Hot,
+    /// A mix with stock failures (15%) and payment failures (15%) that are compensated.
+    Failures,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// How many orders.
+    #[arg(short = 'n', long, default_value_t = 500)]
+    pub count: usize,
+    /// How many orders in flight at once.
+    #[arg(short = 'c', long, default_value_t = 10)]
+    pub concurrency: usize,
+    #[arg(long, value_enum, default_value = "spread")]
+    pub workload: Workload,
+    /// Stock shards of the hot item (1: its stock on one document).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
+    /// Also measure the floor: a bare publish → push chain and bare Firestore transactions.
+    #[arg(long)]
+    pub floor: bool,
+    /// Where the JSON result and the latency histogram (SVG) go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(samples: &[Duration]) -> Latency {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if ms.is_empty() {
+                return 0.0;
+            }
+            let i = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1;
+            (ms[i] * 10.0).round() / 10.0
+        };
+        Latency {
+            count: ms.len(),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ProcessUse {
+    pub ready_ms: Option<f64>,
+    pub idle_rss_mib: f64,
+    pub peak_rss_mib: f64,
+    pub cpu_s_per_1000_orders: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Floor {
+    /// Messages through a 4-hop publish → push → publish chain, per second.
+    pub pubsub_chain_msgs_per_s: f64,
+    pub pubsub_hop: Latency,
+    /// Bare read-then-write transactions per second.
+    pub firestore_txn_per_s: f64,
+    pub firestore_txn: Latency,
+    /// What the emulators allow for an order (4 hops and 4 transactions), per second.
+    pub orders_per_s: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub workload: Option<Workload>,
+    pub count: usize,
+    pub concurrency: usize,
+    pub shards: u32,
+    pub machine: String,
+    pub command: String,
+    pub seconds: f64,
+    pub orders_per_s: f64,
+    pub end_to_end: Latency,
+    pub post: Latency,
+    /// Time between one step emitting an event and the next step consuming it.
+    pub hops: BTreeMap<String, Latency>,
+    pub completed: usize,
+    pub compensated: usize,
+    pub unfinished: usize,
+    pub invariants_held: bool,
+    pub violations: Vec<String>,
+    pub functions: BTreeMap<String, ProcessUse>,
+    pub emulators: BTreeMap<String, ProcessUse>,
+    pub floor: Option<Floor>,
+    /// End-to-end latencies in milliseconds, for the histogram.
+    pub samples_ms: Vec<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Up(#[from] crate::up::UpError),
+    #[error(transparent)]
+    Store(#[from] saga_infra::store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Linux `/proc` readings of a process.
+mod procfs {
+    /// (current RSS, peak RSS) in KiB.
+    pub fn rss_kib(pid: u32) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// User + system CPU time, in clock ticks (100 per second on Linux).
+    pub fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        get(11) + get(12)
+    }
+
+    pub const TICKS_PER_SECOND: f64 = 100.0;
+
+    /// `pid` and every process below it.
+    pub fn tree(pid: u32) -> Vec<u32> {
+        let mut parents: Vec<(u32, u32)> = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+                if let Some(ppid) = after.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+                    parents.push((p, ppid));
+                }
+            }
+        }
+        let mut tree = vec![pid];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        tree
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    (kib as f64 / 1024.0 * 10.0).round() / 10.0
+}
+
+const USER: &str = "bench";
+const ITEMS: usize = 50;
+
+/// Runs the benchmark; writes `<out>/<name>.json` and `<out>/<name>.svg`.
+pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
+    let free = |n| saga_emulator::free_port().map_err(|e| BenchError::Other(format!("{n}: {e}")));
+    let frontend_port = loop {
+        let p = free("ports")?;
+        if p < 60_000 && (p..p + 5).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()) {
+            break p;
+        }
+    };
+    let up = UpArgs {
+        project: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        pubsub_port: free("pubsub")?,
+        firestore_port: free("firestore")?,
+        frontend_port,
+        no_fault_injection: false,
+        reset_data: false,
+        log_dir: args.out.join("logs"),
+    };
+    let stack = Stack::start(&up).await?;
+    let result = run(args, &stack).await;
+    stack.stop().await;
+    result
+}
+
+async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError> {
+    let store = Store::connect(&stack.config.project_id, &stack.config.firestore).await?;
+    let mut baseline = Baseline::seed();
+    // The workload's catalogue and a user who can pay for all of it.
+    for i in 0..ITEMS {
+        let item = format!("bench-{i:02}");
+        saga_emulator::seed::item(&store, &item, 1, 1_000_000, 1).await?;
+        baseline.stock.insert(item, 1_000_000);
+    }
+    saga_emulator::seed::item(&store, "bench-hot", 1, args.count as i64, args.shards).await?;
+    baseline.stock.insert("bench-hot".into(), args.count as i64);
+    saga_emulator::seed::item(&store, "bench-scarce", 1, 0, 1).await?;
+    baseline.stock.insert("bench-scarce".into(), 0);
+    let balance = 1_000_000_000_000;
+    store
+        .set(collections::USERS, USER, &UserDoc { balance })
+        .await?;
+    baseline.balances.insert(USER.into(), balance);
+
+    let pids: BTreeMap<Function, u32> = Function::ALL
+        .iter()
+        .filter_map(|f| stack.pid(*f).map(|p| (*f, p)))
+        .collect();
+    let emulator_trees: Vec<(String, Vec<u32>)> = stack
+        .emulators
+        .iter()
+        .map(|e| (e.kind.name().to_owned(), procfs::tree(e.pid())))
+        .collect();
+    let idle: BTreeMap<Function, u64> = pids
+        .iter()
+        .map(|(f, p)| (*f, procfs::rss_kib(*p).0))
+        .collect();
+    let cpu = |ps: &[u32]| ps.iter().map(|p| procfs::cpu_ticks(*p)).sum::<u64>();
+    let fn_cpu_before: BTreeMap<Function, u64> =
+        pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
+    let emu_cpu_before: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
+
+    let base = format!("http://127.0.0.1:{}", stack.ports[&Function::Frontend]);
+    let drive = drive(args, &base, &store).await?;
+
+    let mut result = BenchResult {
+        workload: Some(args.workload),
+        count: args.count,
+        concurrency: args.concurrency,
+        shards: args.shards,
+        machine: machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        seconds: drive.elapsed.as_secs_f64(),
+        orders_per_s: round(args.count as f64 / drive.elapsed.as_secs_f64()),
+        end_to_end: Latency::of(&drive.e2e),
+        post: Latency::of(&drive.post),
+        completed: drive
+            .statuses
+            .iter()
+            .filter(|s| **s == OrderStatus::Completed)
+            .count(),
+        compensated: drive
+            .statuses
+            .iter()
+            .filter(|s| **s == OrderStatus::Compensated)
+            .count(),
+        unfinished: drive.statuses.iter().filter(|s| !s.is_terminal()).count(),
+        samples_ms: drive
+            .e2e
+            .iter()
+            .map(|d| round(d.as_secs_f64() * 1000.0))
+            .collect(),
+        ..BenchResult::default()
+    };
+    let per_1000 =
+        |ticks: u64| round(ticks as f64 / procfs::TICKS_PER_SECOND / args.count as f64 * 1000.0);
+    for (f, p) in &pids {
+        let (_, peak) = procfs::rss_kib(*p);
+        result.functions.insert(
+            f.name().to_owned(),
+            ProcessUse {
+                ready_ms: stack.ready.get(f).map(|d| round(d.as_secs_f64() * 1000.0)),
+                idle_rss_mib: mib(idle[f]),
+                peak_rss_mib: mib(peak),
+                cpu_s_per_1000_orders: per_1000(cpu(&[*p]) - fn_cpu_before[f]),
+            },
+        );
+    }
+    for ((name, tree), before) in emulator_trees.iter().zip(emu_cpu_before) {
+        let peak: u64 = tree.iter().map(|p| procfs::rss_kib(*p).1).sum();
+        result.emulators.insert(
+            name.clone(),
+            ProcessUse {
+                ready_ms: None,
+                idle_rss_mib: 0.0,
+                peak_rss_mib: mib(peak),
+                cpu_s_per_1000_orders: per_1000(cpu(tree).saturating_sub(before)),
+            },
+        );
+    }
+    result.hops = hops(&store, &drive.ids).await?;
+    let report = check(&store, &baseline, true).await?;
+    result.invariants_held = report.holds() && result.unfinished == 0;
+    result.violations = report.violations;
+    if args.floor {
+        result.floor = Some(crate::bench_floor::measure(stack, args).await?);
+    }
+    write(args, &result)?;
+    Ok(result)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+struct Drive {
+    elapsed: Duration,
+    e2e: Vec<Duration>,
+    post: Vec<Duration>,
+    statuses: Vec<OrderStatus>,
+    ids: Vec<String>,
+}
+
+/// The order body of the i-th order of a workload.
+fn order(workload: Workload, i: usize) -> serde_json::Value {
+    let spread = format!("bench-{:02}", (i * 7919) % ITEMS);
+    match workload {
+        Workload::Spread => json!({"item": spread, "quantity": 1, "user": USER}),
+        Workload::Hot => json!({"item": "bench-hot", "quantity": 1, "user": USER}),
+        Workload::Failures => match i % 20 {
+            0..=2 => json!({"item": "bench-scarce", "quantity": 1, "user": USER}),
+            3..=5 => json!({"item": spread, "quantity": 1, "user": USER, "payment-error": "x"}),
+            _ => json!({"item": spread, "quantity": 1, "user": USER}),
+        },
+    }
+}
+
+/// Places the orders, `concurrency` in flight at once; each is timed from its POST until its
+/// terminal status is visible in Firestore.
+async fn drive(args: &BenchArgs, base: &str, store: &Store) -> Result<Drive, BenchError> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = ProgressBar::new(args.count as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("orders [{bar:30}] {pos}/{len} {per_sec} ({eta})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.count {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        let (http, store, bar) = (http.clone(), store.clone(), bar.clone());
+        let url = format!("{base}/order");
+        let body = order(args.workload, i);
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let t0 = Instant::now();
+            let response = http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let post = t0.elapsed();
+            let view: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+            let id = view["order_id"].as_str().ok_or("no order id")?.to_owned();
+            let deadline = t0 + Duration::from_secs(120);
+            loop {
+                if let Ok(Some(order)) = store.get::<OrderDoc>(collections::ORDERS, &id).await
+                    && order.status.is_terminal()
+                {
+                    bar.inc(1);
+                    return Ok::<_, String>((id, post, t0.elapsed(), order.status));
+                }
+                if Instant::now() > deadline {
+                    return Ok((id, post, t0.elapsed(), OrderStatus::Pending));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let mut drive = Drive {
+        elapsed: Duration::ZERO,
+        e2e: Vec::new(),
+        post: Vec::new(),
+        statuses: Vec::new(),
+        ids: Vec::new(),
+    };
+    for task in tasks {
+        let (id, post, e2e, status) = task
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?
+            .map_err(BenchError::Other)?;
+        drive.ids.push(id);
+        drive.post.push(post);
+        drive.e2e.push(e2e);
+        drive.statuses.push(status);
+    }
+    drive.elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok(drive)
+}
+
+/// Per hop: from one step's `emitted` entry to the next step's `consumed` entry.
+async fn hops(store: &Store, ids: &[String]) -> Result<BTreeMap<String, Latency>, BenchError> {
+    let mut hops: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for id in ids {
+        let history = timeline::history(store, id).await?;
+        for emitted in history.iter().filter(|e| e.kind == EntryKind::Emitted) {
+            if let Some(consumed) = history.iter().find(|c| {
+                c.kind == EntryKind::Consumed
+                    && c.event_id == emitted.event_id
+                    && c.step != emitted.step
+            }) {
+                let d = consumed.at.duration_since(emitted.at);
+                let d = Duration::try_from(d).unwrap_or_default();
+                hops.entry(format!("{} → {}", emitted.step, consumed.step))
+                    .or_default()
+                    .push(d);
+            }
+        }
+    }
+    Ok(hops
+        .into_iter()
+        .map(|(k, v)| (k, Latency::of(&v)))
+        .collect())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024 / 1024);
+    format!("{cores} cores ({cpu}), {mem} GiB")
+}
+
+/// The file name of a run: workload, concurrency, count, shards.
+pub fn name(r: &BenchResult) -> String {
+    let workload = match r.workload {
+        Some(Workload::Hot) => "hot",
+        Some(Workload::Failures) => "failures",
+        _ => "spread",
+    };
+    let shards = if r.shards > 1 {
+        format!("-s{}", r.shards)
+    } else {
+        String::new()
+    };
+    format!("{workload}-c{}-n{}{shards}", r.concurrency, r.count)
+}
+
+fn write(args: &BenchArgs, result: &BenchResult) -> Result<(), BenchError> {
+    let io = |e: std::io::Error| BenchError::Other(format!("writing results: {e}"));
+    std::fs::create_dir_all(&args.out).map_err(io)?;
+    let base = args.out.join(name(result));
+    let json =
+        serde_json::to_string_pretty(result).map_err(|e| BenchError::Other(e.to_string()))?;
+    std::fs::write(base.with_extension("json"), json).map_err(io)?;
+    std::fs::write(base.with_extension("svg"), histogram(result)).map_err(io)?;
+    Ok(())
+}
+
+/// An SVG histogram of the end-to-end latencies.
+pub fn histogram(r: &BenchResult) -> String {
+    let (w, h, left, bottom, top) = (640.0, 300.0, 50.0, 40.0, 30.0);
+    let max = r
+        .samples_ms
+        .iter()
+        .cloned()
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    let bins = 40usize;
+    let width = max / bins as f64;
+    let mut counts = vec![0usize; bins];
+    for s in &r.samples_ms {
+        counts[((s / width) as usize).min(bins - 1)] += 1;
+    }
+    let tallest = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let plot_w = w - left - 10.0;
+    let plot_h = h - top - bottom;
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{left}" y="18" font-size="13">{} - end-to-end latency, {} orders at concurrency {} (p50 {} ms, p99 {} ms)</text>
+"##,
+        name(r),
+        r.count,
+        r.concurrency,
+        r.end_to_end.p50,
+        r.end_to_end.p99
+    );
+    for (i, c) in counts.iter().enumerate() {
+        let bh = *c as f64 / tallest * plot_h;
+        let x = left + i as f64 * plot_w / bins as f64;
+        svg.push_str(&format!(
+            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="#4a78b5"/>
+"##,
+            top + plot_h - bh,
+            plot_w / bins as f64 - 1.0
+        ));
+    }
+    let axis_y = top + plot_h;
+    svg.push_str(&format!(
+        r##"<line x1="{left}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="black"/>
+<text x="{left}" y="{}">0 ms</text><text x="{}" y="{}" text-anchor="end">{max:.0} ms</text>
+<text x="{}" y="{}" text-anchor="middle">latency (ms)</text><text x="12" y="{}" transform="rotate(-90 12 {})">orders</text>
+</svg>
+"##,
+        left + plot_w,
+        axis_y + 15.0,
+        left + plot_w,
+        axis_y + 15.0,
+        left + plot_w / 2.0,
+        axis_y + 30.0,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    ));
+    svg
+}
+
+/// The result as a table.
+pub fn table(r: &BenchResult) -> String {
+    let mut t = String::new();
+    let l = |x: &Latency| {
+        format!(
+            "p50 {} / p90 {} / p99 {} / max {} ms",
+            x.p50, x.p90, x.p99, x.max
+        )
+    };
+    t.push_str(&format!("{}  ({})\n", name(r), r.machine));
+    t.push_str(&format!(
+        "  orders/s           {} ({} orders in {:.1} s)\n",
+        r.orders_per_s, r.count, r.seconds
+    ));
+    t.push_str(&format!("  end to end         {}\n", l(&r.end_to_end)));
+    t.push_str(&format!("  POST               {}\n", l(&r.post)));
+    for (hop, lat) in &r.hops {
+        t.push_str(&format!("  hop {hop:<26} {}\n", l(lat)));
+    }
+    t.push_str(&format!(
+        "  outcome            {} completed, {} compensated, {} unfinished; invariants {}\n",
+        r.completed,
+        r.compensated,
+        r.unfinished,
+        if r.invariants_held { "held" } else { "BROKEN" }
+    ));
+    for v in &r.violations {
+        t.push_str(&format!("    VIOLATION {v}\n"));
+    }
+    for (name, p) in &r.functions {
+        t.push_str(&format!(
+            "  {name:<10} ready {:>5} ms   idle {:>5} MiB   peak {:>5} MiB   {:>5} CPU s/1000 orders\n",
+            p.ready_ms.unwrap_or(0.0),
+            p.idle_rss_mib,
+            p.peak_rss_mib,
+            p.cpu_s_per_1000_orders
+        ));
+    }
+    for (name, p) in &r.emulators {
+        t.push_str(&format!(
+            "  {name:<18}  peak {:>6} MiB   {:>5} CPU s/1000 orders\n",
+            p.peak_rss_mib, p.cpu_s_per_1000_orders
+        ));
+    }
+    if let Some(f) = &r.floor {
+        t.push_str(&format!(
+            "  floor              pub/sub chain {} msg/s (hop {}), firestore {} txn/s (txn {}); {} orders/s => this run at {:.0}% of the floor\n",
+            f.pubsub_chain_msgs_per_s,
+            l(&f.pubsub_hop),
+            f.firestore_txn_per_s,
+            l(&f.firestore_txn),
+            f.orders_per_s,
+            if f.orders_per_s > 0.0 { r.orders_per_s / f.orders_per_s * 100.0 } else { 0.0 }
+        ));
+    }
+    t
+}
+
+/// Rewrites the results section of `markdown` from every result in `dir`.
+pub fn report(dir: &Path) -> Result<String, BenchError> {
+    let mut results: Vec<BenchResult> = std::fs::read_dir(dir)
+        .map_err(|e| BenchError::Other(format!("reading {}: {e}", dir.display())))?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect();
+    results.sort_by_key(|r| (name(r).starts_with("spread"), r.concurrency, r.shards));
+    let mut md = String::new();
+    md.push_str("| run | orders/s | e2e p50 | e2e p99 | POST p50 | completed / compensated | invariants | floor orders/s |\n|---|---|---|---|---|---|---|---|\n");
+    for r in &results {
+        md.push_str(&format!(
+            "| `{}` | {} | {} ms | {} ms | {} ms | {} / {} | {} | {} |\n",
+            name(r),
+            r.orders_per_s,
+            r.end_to_end.p50,
+            r.end_to_end.p99,
+            r.post.p50,
+            r.completed,
+            r.compensated,
+            if r.invariants_held { "held" } else { "BROKEN" },
+            r.floor
+                .as_ref()
+                .map_or("-".into(), |f| f.orders_per_s.to_string())
+        ));
+    }
+    for r in &results {
+        md.push_str(&format!(
+            "\n### `{}`\n\n`{}`\n\n```\n{}```\n\n![{}]({}.svg)\n",
+            name(r),
+            r.command,
+            table(r),
+            name(r),
+            name(r)
+        ));
+    }
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let l = Latency::of(&samples);
+        assert_eq!(
+            (l.count, l.p50, l.p90, l.p99, l.max),
+            (100, 50.0, 90.0, 99.0, 100.0)
+        );
+        assert_eq!(Latency::of(&[]).count, 0);
+    }
+
+    #[test]
+    fn the_failures_workload_mixes_stock_and_payment_failures() {
+        let bodies: Vec<_> = (0..20).map(|i| order(Workload::Failures, i)).collect();
+        let scarce = bodies
+            .iter()
+            .filter(|b| b["item"] == "bench-scarce")
+            .count();
+        let faulty = bodies
+            .iter()
+            .filter(|b| b.get("payment-error").is_some())
+            .count();
+        assert_eq!((scarce, faulty), (3, 3));
+        assert!((0..100).all(|i| order(Workload::Hot, i)["item"] == "bench-hot"));
+    }
+
+    #[test]
+    fn the_histogram_is_an_svg_with_a_bar_per_bin() {
+        let r = BenchResult {
+            samples_ms: vec![10.0, 20.0, 20.0, 90.0],
+            count: 4,
+            ..BenchResult::default()
+        };
+        let svg = histogram(&r);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("fill=\"#4a78b5\"").count(), 40);
+    }
+}
