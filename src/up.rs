@@ -39,6 +39,9 @@ pub struct UpArgs {
     /// Where the emulators' logs go.
     #[arg(long, default_value = "target/saga-up")]
     pub log_dir: PathBuf,
+    /// Send the functions' logs to files in the log directory instead of the terminal.
+    #[arg(long)]
+    pub function_logs: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,9 +180,12 @@ impl Stack {
         let mut launched = BTreeMap::new();
         for function in Function::ALL {
             launched.insert(function, Instant::now());
+            let log = args
+                .function_logs
+                .then(|| args.log_dir.join(format!("{}.log", function.name())));
             children.insert(
                 function,
-                spawn_function(function, &config, args.port_of(function))?,
+                spawn_function(function, &config, args.port_of(function), log.as_deref())?,
             );
         }
         let ready = wait_healthy(args, &launched, &mut children).await?;
@@ -237,7 +243,18 @@ async fn emulator(kind: Kind, host: &str, args: &UpArgs) -> Result<Option<Emulat
     ))
 }
 
-fn spawn_function(function: Function, config: &Config, port: u16) -> Result<Child, UpError> {
+fn spawn_function(
+    function: Function,
+    config: &Config,
+    port: u16,
+    log: Option<&std::path::Path>,
+) -> Result<Child, UpError> {
+    let stderr = match log {
+        Some(path) => std::fs::File::create(path)
+            .map(Stdio::from)
+            .map_err(|e| UpError::Io(format!("creating {}: {e}", path.display())))?,
+        None => Stdio::inherit(),
+    };
     let exe = std::env::current_exe().map_err(|e| UpError::Io(format!("finding saga: {e}")))?;
     let host = |e: &Endpoint| match e {
         Endpoint::Emulator(h) => h.clone(),
@@ -253,6 +270,7 @@ fn spawn_function(function: Function, config: &Config, port: u16) -> Result<Chil
         .env(PARENT_ENV, std::process::id().to_string())
         .env("SAGA_SWEEP_INTERVAL_SECS", "5")
         .stdin(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| UpError::Io(format!("starting {function}: {e}")))
