@@ -23,7 +23,7 @@ use crate::up::{Stack, UpArgs};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
-    /// Orders spread over 50 items.
+    /// Orders spread over 500 items.
     Spread,
     /// Every order on one item.
     Hot,
@@ -88,6 +88,12 @@ pub struct ProcessUse {
     pub ready_ms: Option<f64>,
     pub idle_rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// After the run: proportional set size (shared pages divided among their users).
+    #[serde(default)]
+    pub pss_mib: f64,
+    /// After the run: memory no other process shares (mostly heap).
+    #[serde(default)]
+    pub private_mib: f64,
     pub cpu_s_per_1000_orders: f64,
 }
 
@@ -155,6 +161,25 @@ mod procfs {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// (proportional set size, private memory) in KiB: what the process costs when its code
+    /// pages are shared with others (the five functions run one binary).
+    pub fn pss_private_kib(pid: u32) -> (u64, u64) {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            rollup
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (
+            field("Pss:"),
+            field("Private_Clean:") + field("Private_Dirty:"),
+        )
+    }
+
     /// User + system CPU time, in clock ticks (100 per second on Linux).
     pub fn cpu_ticks(pid: u32) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -206,12 +231,13 @@ fn mib(kib: u64) -> f64 {
     (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
-const ITEMS: usize = 50;
-/// Orders are spread over this many users, so no user's balance is a hot document.
-const USERS: usize = 50;
+/// Spread orders go over this many items...
+const ITEMS: usize = 500;
+/// ...and every workload's over this many users, so no balance is a hot document.
+const USERS: usize = 500;
 
 fn user(i: usize) -> String {
-    format!("bench-{:02}", (i * 31) % USERS)
+    format!("bench-{:03}", (i * 31) % USERS)
 }
 
 /// Runs the benchmark; writes `<out>/<name>.json` and `<out>/<name>.svg`.
@@ -230,7 +256,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         frontend_port,
         no_fault_injection: false,
         reset_data: false,
-        log_dir: args.out.join("logs"),
+        log_dir: PathBuf::from("target/bench/logs"),
         function_logs: true,
     };
     let stack = Stack::start(&up).await?;
@@ -242,23 +268,44 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
 async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError> {
     let store = Store::connect(&stack.config.project_id, &stack.config.firestore).await?;
     let mut baseline = Baseline::seed();
-    // The workload's catalogue and a user who can pay for all of it.
+    // The workload's catalogue, and users who can pay for all of it, seeded concurrently.
+    use futures::StreamExt;
+    let seeded: Vec<_> = futures::stream::iter(0..ITEMS)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                let item = format!("bench-{i:03}");
+                saga_emulator::seed::item(&store, &item, 1, 1_000_000, 1).await
+            }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    seeded.into_iter().collect::<Result<Vec<_>, _>>()?;
     for i in 0..ITEMS {
-        let item = format!("bench-{i:02}");
-        saga_emulator::seed::item(&store, &item, 1, 1_000_000, 1).await?;
-        baseline.stock.insert(item, 1_000_000);
+        baseline.stock.insert(format!("bench-{i:03}"), 1_000_000);
     }
     saga_emulator::seed::item(&store, "bench-hot", 1, args.count as i64, args.shards).await?;
     baseline.stock.insert("bench-hot".into(), args.count as i64);
     saga_emulator::seed::item(&store, "bench-scarce", 1, 0, 1).await?;
     baseline.stock.insert("bench-scarce".into(), 0);
     let balance = 1_000_000_000_000;
+    let seeded: Vec<_> = futures::stream::iter(0..USERS)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                let name = format!("bench-{i:03}");
+                store
+                    .set(collections::USERS, &name, &UserDoc { balance })
+                    .await
+            }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    seeded.into_iter().collect::<Result<Vec<_>, _>>()?;
     for i in 0..USERS {
-        let name = format!("bench-{i:02}");
-        store
-            .set(collections::USERS, &name, &UserDoc { balance })
-            .await?;
-        baseline.balances.insert(name, balance);
+        baseline.balances.insert(format!("bench-{i:03}"), balance);
     }
 
     let pids: BTreeMap<Function, u32> = Function::ALL
@@ -321,12 +368,15 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         |ticks: u64| round(ticks as f64 / procfs::TICKS_PER_SECOND / args.count as f64 * 1000.0);
     for (f, p) in &pids {
         let (_, peak) = procfs::rss_kib(*p);
+        let (pss, private) = procfs::pss_private_kib(*p);
         result.functions.insert(
             f.name().to_owned(),
             ProcessUse {
                 ready_ms: stack.ready.get(f).map(|d| round(d.as_secs_f64() * 1000.0)),
                 idle_rss_mib: mib(idle[f]),
                 peak_rss_mib: mib(peak),
+                pss_mib: mib(pss),
+                private_mib: mib(private),
                 cpu_s_per_1000_orders: per_1000(fn_cpu_after[f] - fn_cpu_before[f]),
             },
         );
@@ -341,6 +391,8 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
                 ready_ms: None,
                 idle_rss_mib: 0.0,
                 peak_rss_mib: mib(peak),
+                pss_mib: 0.0,
+                private_mib: 0.0,
                 cpu_s_per_1000_orders: per_1000(after.saturating_sub(before)),
             },
         );
@@ -409,7 +461,7 @@ async fn poll(store: Store, waiting: Waiting) {
 
 /// The order body of the i-th order of a workload.
 fn order(workload: Workload, i: usize) -> serde_json::Value {
-    let spread = format!("bench-{:02}", (i * 7919) % ITEMS);
+    let spread = format!("bench-{:03}", (i * 7919) % ITEMS);
     let user = user(i);
     match workload {
         Workload::Spread => json!({"item": spread, "quantity": 1, "user": user}),
@@ -692,13 +744,22 @@ pub fn table(r: &BenchResult) -> String {
     }
     for (name, p) in &r.functions {
         t.push_str(&format!(
-            "  {name:<10} ready {:>5} ms   idle {:>5} MiB   peak {:>5} MiB   {:>5} CPU s/1000 orders\n",
+            "  {name:<10} ready {:>5} ms   RSS idle {:>5} / peak {:>5} MiB   PSS {:>5} MiB   private {:>4} MiB   {:>5} CPU s/1000 orders\n",
             p.ready_ms.unwrap_or(0.0),
             p.idle_rss_mib,
             p.peak_rss_mib,
+            p.pss_mib,
+            p.private_mib,
             p.cpu_s_per_1000_orders
         ));
     }
+    let sum = |f: fn(&ProcessUse) -> f64| round(r.functions.values().map(f).sum::<f64>());
+    t.push_str(&format!(
+        "  five functions      RSS peak {} MiB (code pages counted five times), PSS {} MiB, private {} MiB\n",
+        sum(|p| p.peak_rss_mib),
+        sum(|p| p.pss_mib),
+        sum(|p| p.private_mib)
+    ));
     for (name, p) in &r.emulators {
         t.push_str(&format!(
             "  {name:<18}  peak {:>6} MiB   {:>5} CPU s/1000 orders\n",

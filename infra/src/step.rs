@@ -2,14 +2,16 @@
 //!
 //! For each delivery:
 //! 1. decode the envelope and event; if it can never succeed, park it and acknowledge;
-//! 2. if the step's idempotency record exists, the step already ran: publish its outbox event
-//!    if still pending, acknowledge ([`Ack::Duplicate`]);
-//! 3. otherwise, in one Firestore transaction: re-check the record, let the step read what it
-//!    needs and queue its effect, and queue the idempotency record and the outgoing event's
-//!    outbox record; commit;
-//! 4. publish the outgoing event and mark it published; acknowledge ([`Ack::Processed`]).
+//! 2. in one Firestore transaction: if the step's idempotency record exists, the step already
+//!    ran (a duplicate: [`Ack::Duplicate`], nothing written); otherwise let the step read what
+//!    it needs and queue its effect, and queue the idempotency record, the outgoing event's
+//!    outbox record and the timeline entries; commit;
+//! 3. publish the outgoing event if it is not yet published, and mark it published;
+//!    acknowledge.
 //!
-//! A failure in 3 or 4 answers 503, so Pub/Sub redelivers; the redelivery lands in 2.
+//! A failure in 2 or 3 answers 503, so Pub/Sub redelivers; the redelivery finds the record
+//! and publishes the pending event. (A read before the transaction would only save
+//! redeliveries a transaction, at the price of one more read for every first delivery.)
 
 use std::sync::Arc;
 
@@ -325,19 +327,6 @@ async fn process<S: Step>(
     let store = &state.runtime.store;
     let publisher = &state.runtime.publisher;
     let key = step_record_id(&event.order_id.to_string(), S::NAME);
-
-    // Fast path for redeliveries: no transaction, no locks.
-    if let Some(done) = store.get::<StepRecord>(collections::STEPS, &key).await? {
-        if let Some(id) = &done.emitted_event_id {
-            outbox::deliver_pending(store, publisher, id).await?;
-        }
-        tracing::info!(outcome = %done.outcome, "duplicate delivery, step already done");
-        note_duplicate(store, S::NAME, &event, delivery_id, &trace).await;
-        return Ok(Ack::Duplicate {
-            outcome: done.outcome,
-            emitted_event_id: done.emitted_event_id,
-        });
-    }
 
     let event = Arc::new(event);
     let ran = store

@@ -1,6 +1,7 @@
 //! Integration tests against the real Pub/Sub and Firestore emulators.
 
 mod bad_input;
+mod bench;
 mod browser;
 mod cli;
 mod deploy;

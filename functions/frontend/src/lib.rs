@@ -187,7 +187,8 @@ impl OrderView {
 
 /// The result of the accepting transaction.
 enum Accepted {
-    New(Box<OutboxRecord>),
+    /// A new order: its outbox record, and the request as committed (what the answer shows).
+    New(Box<(OutboxRecord, RequestDoc)>),
     /// The key was seen with the same request: this is its order.
     Replay {
         order_id: Uuid,
@@ -270,18 +271,19 @@ async fn accept(
                         },
                     )?;
                 }
+                let accepted_request = RequestDoc {
+                    order_id: order_id.to_string(),
+                    item: order.item.clone(),
+                    quantity: i64::from(order.quantity),
+                    user: order.user.clone(),
+                    payment_error: order.payment_error,
+                    idempotency_key: key.clone(),
+                    created_at: now,
+                };
                 tx.set(
                     collections::REQUESTS,
                     &order_id.to_string(),
-                    &RequestDoc {
-                        order_id: order_id.to_string(),
-                        item: order.item.clone(),
-                        quantity: i64::from(order.quantity),
-                        user: order.user.clone(),
-                        payment_error: order.payment_error,
-                        idempotency_key: key.clone(),
-                        created_at: now,
-                    },
+                    &accepted_request,
                 )?;
                 let event = Event::new(order_id, EventBody::OrderRequested { order });
                 let record = outbox::record(&event, now, &trace);
@@ -301,35 +303,38 @@ async fn accept(
                     ),
                 )?;
                 timeline::stage(&mut tx, &timeline::emitted("frontend", &record, &trace))?;
-                Ok(Accepted::New(Box::new(record)))
+                Ok(Accepted::New(Box::new((record, accepted_request))))
             }
             .boxed()
         })
         .await?;
 
-    let (order_id, replayed) = match accepted {
+    let (view, replayed) = match accepted {
         Accepted::KeyReused => return Err(ApiError::KeyReused),
         Accepted::New(_) if rt.config.faults.crash_after_commit => {
             return Err(ApiError::InjectedCrash);
         }
-        Accepted::New(record) => {
+        Accepted::New(accepted) => {
+            let (record, request) = *accepted;
             // The order is committed: if publishing fails now, a redelivery-free path
             // (the outbox sweep) publishes it; the user's order is accepted either way.
             if let Err(error) = outbox::deliver(&rt.store, &rt.publisher, &record).await {
                 tracing::warn!(%error, %order_id, "order accepted, publish deferred to the outbox sweep");
             }
-            (order_id, false)
+            // Answered from what was just committed: no read back.
+            (OrderView::pending(order_id, request), false)
         }
         Accepted::Replay { order_id, event_id } => {
             if let Err(error) = outbox::deliver_pending(&rt.store, &rt.publisher, &event_id).await {
                 tracing::warn!(%error, %order_id, "replayed order still waiting to be published");
             }
-            (order_id, true)
+            let view = find_order(&rt, order_id)
+                .await?
+                .ok_or(ApiError::NotFound(order_id))?;
+            (view, true)
         }
     };
-    let view = find_order(&rt, order_id)
-        .await?
-        .ok_or(ApiError::NotFound(order_id))?;
+    let order_id = view.order_id;
     tracing::info!(%order_id, replayed, "order accepted");
     let location = format!("/order/{order_id}");
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();

@@ -1,0 +1,98 @@
+//! Micro-benchmarks of the code every delivery runs: decoding a push, encoding an event into
+//! its outbox record, validating an order, and the steps' pure decisions.
+//! `cargo bench --bench hot_paths`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use jiff::Timestamp;
+use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
+use saga_infra::store::{ItemDoc, OrderDoc, ReservationDoc, ReservationStatus, UserDoc};
+use saga_infra::trace::TraceContext;
+use uuid::Uuid;
+
+fn details() -> OrderDetails {
+    OrderDetails {
+        item: "widget".into(),
+        quantity: 5,
+        user: "jack".into(),
+        payment_error: false,
+    }
+}
+
+fn order(status: OrderStatus) -> OrderDoc {
+    OrderDoc {
+        order_id: Uuid::nil().to_string(),
+        item: "widget".into(),
+        quantity: 5,
+        user: "jack".into(),
+        status,
+        reason: None,
+        amount: None,
+        created_at: Timestamp::UNIX_EPOCH,
+        updated_at: Timestamp::UNIX_EPOCH,
+    }
+}
+
+fn hot_paths(c: &mut Criterion) {
+    let event = Event::new(Uuid::new_v4(), EventBody::OrderCreated { order: details() });
+    let body = saga_infra::push::encode("projects/p/subscriptions/order-created-sub", "1", &event)
+        .to_string()
+        .into_bytes();
+    c.bench_function("push envelope decode", |b| {
+        b.iter(|| saga_infra::push::decode(black_box(&body)))
+    });
+
+    let trace = TraceContext::root();
+    c.bench_function("event encode to outbox record", |b| {
+        b.iter(|| saga_infra::outbox::record(black_box(&event), Timestamp::UNIX_EPOCH, &trace))
+    });
+    let traceparent = trace.to_string();
+    c.bench_function("traceparent continue", |b| {
+        b.iter(|| TraceContext::continue_from(Some(black_box(&traceparent))))
+    });
+
+    let request = br#"{"item":"widget","quantity":5,"user":"jack"}"#;
+    c.bench_function("order request validate", |b| {
+        b.iter(|| saga_frontend::validate::order(black_box(request), false))
+    });
+
+    let created = order(OrderStatus::OrderCreated);
+    let item = ItemDoc::new(10, 10_000);
+    c.bench_function("inventory decide", |b| {
+        b.iter(|| saga_inventory::decide(Some(black_box(&created)), Some(&item), 5))
+    });
+    let visited = [(3, 0), (0, 2), (1, 9)];
+    c.bench_function("inventory plan shards", |b| {
+        b.iter(|| saga_inventory::plan_shards(black_box(&visited), 5))
+    });
+
+    let reserved = order(OrderStatus::InventoryReserved);
+    let user = UserDoc { balance: 100_000 };
+    c.bench_function("payments decide", |b| {
+        b.iter(|| saga_payments::decide(Some(black_box(&reserved)), Some(&user), 50, false))
+    });
+
+    let failed = order(OrderStatus::Failed);
+    let reservation = ReservationDoc {
+        order_id: Uuid::nil().to_string(),
+        item: "widget".into(),
+        quantity: 5,
+        allocations: Vec::new(),
+        status: ReservationStatus::Reserved,
+        updated_at: Timestamp::UNIX_EPOCH,
+    };
+    c.bench_function("janitor plan", |b| {
+        b.iter(|| {
+            saga_janitor::plan(
+                Some(black_box(&failed)),
+                Some(&reservation),
+                None,
+                FailureReason::PaymentError,
+            )
+        })
+    });
+}
+
+criterion_group!(benches, hot_paths);
+criterion_main!(benches);
