@@ -41,6 +41,69 @@ pub struct Overrides {
     pub backoff: Option<(std::time::Duration, std::time::Duration)>,
 }
 
+/// The emulator's admin clients, and create-if-absent for topics and subscriptions.
+struct Admin {
+    topics: TopicAdmin,
+    subscriptions: SubscriptionAdmin,
+}
+
+impl Admin {
+    async fn connect(pubsub_host: &str) -> Result<Admin, BootstrapError> {
+        let endpoint = format!("http://{pubsub_host}");
+        let topics = TopicAdmin::builder()
+            .with_endpoint(&endpoint)
+            .with_credentials(anonymous())
+            .build()
+            .await
+            .map_err(|e| BootstrapError {
+                what: "connecting the topic admin client".into(),
+                source: google_cloud_pubsub::Error::io(e),
+            })?;
+        let subscriptions = SubscriptionAdmin::builder()
+            .with_endpoint(&endpoint)
+            .with_credentials(anonymous())
+            .build()
+            .await
+            .map_err(|e| BootstrapError {
+                what: "connecting the subscription admin client".into(),
+                source: google_cloud_pubsub::Error::io(e),
+            })?;
+        Ok(Admin {
+            topics,
+            subscriptions,
+        })
+    }
+
+    async fn ensure_topic(&self, project: &str, topic: &str) -> Result<(), BootstrapError> {
+        match self
+            .topics
+            .create_topic()
+            .set_name(topic_path(project, topic))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if already_exists(&e) => Ok(()),
+            Err(e) => Err(context(|| format!("creating topic {topic}"))(e)),
+        }
+    }
+
+    async fn ensure_subscription(&self, subscription: Subscription) -> Result<(), BootstrapError> {
+        let name = subscription.name.clone();
+        match self
+            .subscriptions
+            .create_subscription()
+            .with_request(subscription)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if already_exists(&e) => Ok(()),
+            Err(e) => Err(context(|| format!("creating subscription {name}"))(e)),
+        }
+    }
+}
+
 /// Creates every topic and subscription of the topology in `project` on the emulator at
 /// `pubsub_host`. `push_endpoint` gives the URL each push subscription delivers to.
 pub async fn create_topology(
@@ -58,44 +121,14 @@ pub async fn create_topology_with(
     push_endpoint: impl Fn(&PushSubscription) -> String,
     overrides: Overrides,
 ) -> Result<(), BootstrapError> {
-    let endpoint = format!("http://{pubsub_host}");
-    let topics = TopicAdmin::builder()
-        .with_endpoint(&endpoint)
-        .with_credentials(anonymous())
-        .build()
-        .await
-        .map_err(|e| BootstrapError {
-            what: "connecting the topic admin client".into(),
-            source: google_cloud_pubsub::Error::io(e),
-        })?;
-    let subscriptions = SubscriptionAdmin::builder()
-        .with_endpoint(&endpoint)
-        .with_credentials(anonymous())
-        .build()
-        .await
-        .map_err(|e| BootstrapError {
-            what: "connecting the subscription admin client".into(),
-            source: google_cloud_pubsub::Error::io(e),
-        })?;
-
+    let admin = Admin::connect(pubsub_host).await?;
     for topic in topology::all_topics() {
-        match topics
-            .create_topic()
-            .set_name(topic_path(project, topic))
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if already_exists(&e) => {}
-            Err(e) => return Err(context(|| format!("creating topic {topic}"))(e)),
-        }
+        admin.ensure_topic(project, topic).await?;
     }
-
-    let mut wanted = Vec::new();
+    let backoff = |d: std::time::Duration| {
+        google_cloud_wkt::Duration::clamp(i64::try_from(d.as_secs()).unwrap_or(600), 0)
+    };
     for s in &PUSH_SUBSCRIPTIONS {
-        let backoff = |d: std::time::Duration| {
-            google_cloud_wkt::Duration::clamp(i64::try_from(d.as_secs()).unwrap_or(600), 0)
-        };
         let (min_backoff, max_backoff) =
             overrides.backoff.unwrap_or((s.min_backoff, s.max_backoff));
         let subscription = Subscription::new()
@@ -117,28 +150,14 @@ pub async fn create_topology_with(
                             .unwrap_or(s.max_delivery_attempts),
                     ),
             );
-        wanted.push(subscription);
+        admin.ensure_subscription(subscription).await?;
     }
     for s in &PULL_SUBSCRIPTIONS {
-        wanted.push(
-            Subscription::new()
-                .set_name(subscription_path(project, s.name))
-                .set_topic(topic_path(project, s.topic))
-                .set_ack_deadline_seconds(60),
-        );
-    }
-    for subscription in wanted {
-        let name = subscription.name.clone();
-        match subscriptions
-            .create_subscription()
-            .with_request(subscription)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if already_exists(&e) => {}
-            Err(e) => return Err(context(|| format!("creating subscription {name}"))(e)),
-        }
+        let subscription = Subscription::new()
+            .set_name(subscription_path(project, s.name))
+            .set_topic(topic_path(project, s.topic))
+            .set_ack_deadline_seconds(60);
+        admin.ensure_subscription(subscription).await?;
     }
     Ok(())
 }
@@ -152,50 +171,15 @@ pub async fn create_push_pair(
     subscription: &str,
     endpoint: &str,
 ) -> Result<(), BootstrapError> {
-    let url = format!("http://{pubsub_host}");
-    let topics = TopicAdmin::builder()
-        .with_endpoint(&url)
-        .with_credentials(anonymous())
-        .build()
+    let admin = Admin::connect(pubsub_host).await?;
+    admin.ensure_topic(project, topic).await?;
+    admin
+        .ensure_subscription(
+            Subscription::new()
+                .set_name(subscription_path(project, subscription))
+                .set_topic(topic_path(project, topic))
+                .set_push_config(PushConfig::new().set_push_endpoint(endpoint))
+                .set_ack_deadline_seconds(60),
+        )
         .await
-        .map_err(|e| BootstrapError {
-            what: "connecting the topic admin client".into(),
-            source: google_cloud_pubsub::Error::io(e),
-        })?;
-    let subscriptions = SubscriptionAdmin::builder()
-        .with_endpoint(&url)
-        .with_credentials(anonymous())
-        .build()
-        .await
-        .map_err(|e| BootstrapError {
-            what: "connecting the subscription admin client".into(),
-            source: google_cloud_pubsub::Error::io(e),
-        })?;
-    match topics
-        .create_topic()
-        .set_name(topic_path(project, topic))
-        .send()
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if already_exists(&e) => {}
-        Err(e) => return Err(context(|| format!("creating topic {topic}"))(e)),
-    }
-    let subscription_request = Subscription::new()
-        .set_name(subscription_path(project, subscription))
-        .set_topic(topic_path(project, topic))
-        .set_push_config(PushConfig::new().set_push_endpoint(endpoint))
-        .set_ack_deadline_seconds(60);
-    match subscriptions
-        .create_subscription()
-        .with_request(subscription_request)
-        .send()
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if already_exists(&e) => Ok(()),
-        Err(e) => Err(context(|| format!("creating subscription {subscription}"))(
-            e,
-        )),
-    }
 }

@@ -7,7 +7,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use saga_infra::Runtime;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
+use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
 use saga_infra::step::{self, Outcome, Step};
 use saga_infra::store::{
     Allocation, ItemDoc, OrderDoc, ReservationDoc, ReservationStatus, StockShard, StoreError, Tx,
@@ -99,6 +99,55 @@ pub fn plan_shards(visited: &[(u32, i64)], quantity: i64) -> Option<Vec<Allocati
     Some(plan)
 }
 
+/// Records the reservation (with the shards it took from, if any), moves the order to
+/// INVENTORY_RESERVED and emits `inventory-reserved`.
+fn reserved(
+    tx: &mut Tx<'_, '_>,
+    order: OrderDoc,
+    details: &OrderDetails,
+    allocations: Vec<Allocation>,
+    unit_price: i64,
+    amount: i64,
+) -> Result<Outcome, StoreError> {
+    let now = Timestamp::now();
+    let id = order.order_id.clone();
+    let quantity = i64::from(details.quantity);
+    let from = if allocations.is_empty() {
+        ""
+    } else {
+        " from shards"
+    };
+    tx.set(
+        collections::RESERVATIONS,
+        &id,
+        &ReservationDoc {
+            order_id: id.clone(),
+            item: details.item.clone(),
+            quantity,
+            allocations,
+            status: ReservationStatus::Reserved,
+            updated_at: now,
+        },
+    )?;
+    tx.set(
+        collections::ORDERS,
+        &id,
+        &OrderDoc {
+            status: OrderStatus::InventoryReserved,
+            updated_at: now,
+            ..order
+        },
+    )?;
+    Ok(Outcome::emit(
+        format!("reserved {quantity} {}{from}", details.item),
+        EventBody::InventoryReserved {
+            order: details.clone(),
+            unit_price,
+            amount,
+        },
+    ))
+}
+
 pub struct InventoryStep;
 
 impl Step for InventoryStep {
@@ -116,7 +165,6 @@ impl Step for InventoryStep {
             let quantity = i64::from(details.quantity);
             let order: Option<OrderDoc> = tx.get(collections::ORDERS, &id).await?;
             let item: Option<ItemDoc> = tx.get(collections::INVENTORY, &details.item).await?;
-            let now = Timestamp::now();
             Ok(
                 match (decide(order.as_ref(), item.as_ref(), quantity), order, item) {
                     (
@@ -136,35 +184,7 @@ impl Step for InventoryStep {
                                 ..item
                             },
                         )?;
-                        tx.set(
-                            collections::RESERVATIONS,
-                            &id,
-                            &ReservationDoc {
-                                order_id: id.clone(),
-                                item: details.item.clone(),
-                                quantity,
-                                allocations: Vec::new(),
-                                status: ReservationStatus::Reserved,
-                                updated_at: now,
-                            },
-                        )?;
-                        tx.set(
-                            collections::ORDERS,
-                            &id,
-                            &OrderDoc {
-                                status: OrderStatus::InventoryReserved,
-                                updated_at: now,
-                                ..order
-                            },
-                        )?;
-                        Outcome::emit(
-                            format!("reserved {quantity} {}", details.item),
-                            EventBody::InventoryReserved {
-                                order: details.clone(),
-                                unit_price,
-                                amount,
-                            },
-                        )
+                        reserved(tx, order, details, Vec::new(), unit_price, amount)?
                     }
                     (
                         Decision::ReserveFromShards {
@@ -215,35 +235,7 @@ impl Step for InventoryStep {
                                 },
                             )?;
                         }
-                        tx.set(
-                            collections::RESERVATIONS,
-                            &id,
-                            &ReservationDoc {
-                                order_id: id.clone(),
-                                item: details.item.clone(),
-                                quantity,
-                                allocations,
-                                status: ReservationStatus::Reserved,
-                                updated_at: now,
-                            },
-                        )?;
-                        tx.set(
-                            collections::ORDERS,
-                            &id,
-                            &OrderDoc {
-                                status: OrderStatus::InventoryReserved,
-                                updated_at: now,
-                                ..order
-                            },
-                        )?;
-                        Outcome::emit(
-                            format!("reserved {quantity} {} from shards", details.item),
-                            EventBody::InventoryReserved {
-                                order: details.clone(),
-                                unit_price,
-                                amount,
-                            },
-                        )
+                        reserved(tx, order, details, allocations, unit_price, amount)?
                     }
                     (Decision::Reject(reason), Some(order), _) => {
                         step::fail_saga(tx, order, details, reason, Self::NAME)?
