@@ -20,7 +20,7 @@ use saga_infra::topology::topic_path;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::bench::{BenchArgs, BenchError, Floor, Latency};
+use crate::bench::{BenchArgs, BenchError, Floor, Latency, round};
 use crate::up::Stack;
 
 const HOPS: usize = 4;
@@ -190,7 +190,6 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         0.0
     };
     let orders = latency_bound.min(chain_rate).min(txn_rate / 4.0);
-    let round = |x: f64| (x * 10.0).round() / 10.0;
     Ok(Floor {
         pubsub_chain_msgs_per_s: round(chain_rate),
         pubsub_hop: hop,
