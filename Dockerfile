@@ -23,9 +23,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/frontend target/release/order target/release/inventory \
        target/release/payments target/release/janitor /out/
 
-# distroless/base: glibc, libssl (the Google clients link OpenSSL) and CA certificates;
-# no shell, no package manager; runs as the unprivileged `nonroot` user.
-FROM gcr.io/distroless/base-debian12:nonroot
+# distroless/cc: glibc, libgcc_s (every Rust binary on glibc links it for unwinding) and CA
+# certificates; TLS is rustls, compiled in. No shell, no package manager; runs as the
+# unprivileged `nonroot` user. (tests/saga/deploy.rs checks it has what the binaries link.)
+FROM gcr.io/distroless/cc-debian12:nonroot
 ARG FUNCTION
 COPY --from=build /out/${FUNCTION} /function
 USER nonroot:nonroot

@@ -237,3 +237,66 @@ fn the_dockerfile_copies_exactly_the_binaries_cargo_builds() {
         "nothing else is built"
     );
 }
+
+/// The shared libraries each distroless runtime image provides (from distroless's package
+/// lists: base-nossl is libc6; base adds libssl3; cc adds libgcc-s1, libstdc++6, libgomp1).
+fn distroless_libraries(image: &str) -> Option<BTreeSet<&'static str>> {
+    let libc = [
+        "libc.so.6",
+        "libm.so.6",
+        "ld-linux-x86-64.so.2",
+        "libpthread.so.0",
+        "libdl.so.2",
+        "librt.so.1",
+    ];
+    let ssl = ["libssl.so.3", "libcrypto.so.3"];
+    let cc = ["libgcc_s.so.1", "libstdc++.so.6", "libgomp.so.1"];
+    let kind = image
+        .split(':')
+        .next()?
+        .strip_prefix("gcr.io/distroless/")?;
+    let libraries: Vec<&str> = match kind {
+        "base-nossl-debian12" => libc.to_vec(),
+        "base-debian12" => [&libc[..], &ssl].concat(),
+        "cc-debian12" => [&libc[..], &ssl, &cc].concat(),
+        _ => return None,
+    };
+    Some(libraries.into_iter().collect())
+}
+
+#[test]
+fn the_runtime_image_has_every_shared_library_the_binaries_link() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let runtime = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .next_back()
+        .expect("a runtime stage");
+    let provided =
+        distroless_libraries(runtime).unwrap_or_else(|| panic!("unknown runtime image {runtime}"));
+    // `saga` links everything a function binary links (the same runtime, plus the CLI).
+    let dynamic = std::process::Command::new("readelf")
+        .args(["-d", env!("CARGO_BIN_EXE_saga")])
+        .output()
+        .expect("readelf (binutils)");
+    let needed: BTreeSet<String> = String::from_utf8_lossy(&dynamic.stdout)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split('[').nth(1)?.trim_end_matches(']').to_owned()))
+        .collect();
+    assert!(needed.contains("libc.so.6"), "readelf found {needed:?}");
+    let missing: Vec<&String> = needed
+        .iter()
+        .filter(|l| !provided.contains(l.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{runtime} lacks {missing:?}, which the binaries link"
+    );
+    assert!(
+        !needed
+            .iter()
+            .any(|l| l.starts_with("libssl") || l.starts_with("libcrypto")),
+        "TLS is rustls: nothing links OpenSSL, {needed:?}"
+    );
+}
