@@ -53,13 +53,8 @@ pub async fn deliver(
     record: &OutboxRecord,
 ) -> Result<String, DeliverError> {
     let message_id = publisher.publish(record).await?;
-    let published = OutboxRecord {
-        published: true,
-        published_at: Some(Timestamp::now()),
-        ..record.clone()
-    };
     store
-        .set(collections::OUTBOX, &record.event_id, &published)
+        .mark_published(&record.event_id, Timestamp::now())
         .await?;
     tracing::info!(
         event_id = %record.event_id,

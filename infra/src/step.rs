@@ -360,22 +360,20 @@ async fn process<S: Step>(
                     expire_at: expiry_from(now),
                 };
                 tx.set(collections::STEPS, &key, &record)?;
-                timeline::stage(
-                    &mut tx,
-                    &timeline::consumed(
-                        S::NAME,
-                        event.body.kind(),
-                        &record.incoming_event_id,
-                        &record.order_id,
-                        &record.outcome,
-                        &trace,
-                        now,
-                    ),
-                )?;
+                let mut entries = vec![timeline::consumed(
+                    S::NAME,
+                    event.body.kind(),
+                    &record.incoming_event_id,
+                    &record.order_id,
+                    &record.outcome,
+                    &trace,
+                    now,
+                )];
                 if let Some(outbox) = &outbox {
                     outbox::stage(&mut tx, outbox)?;
-                    timeline::stage(&mut tx, &timeline::emitted(S::NAME, outbox, &trace))?;
+                    entries.push(timeline::emitted(S::NAME, outbox, &trace));
                 }
+                timeline::stage(&mut tx, entries)?;
                 Ok(Ran::Done(Box::new((record, outbox, true))))
             }
             .boxed()

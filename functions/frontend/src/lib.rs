@@ -292,17 +292,19 @@ async fn accept(
                 let request = key.as_deref().unwrap_or("http-request");
                 timeline::stage(
                     &mut tx,
-                    &timeline::consumed(
-                        "frontend",
-                        "order-request",
-                        request,
-                        &id,
-                        "accepted",
-                        &trace,
-                        now,
-                    ),
+                    vec![
+                        timeline::consumed(
+                            "frontend",
+                            "order-request",
+                            request,
+                            &id,
+                            "accepted",
+                            &trace,
+                            now,
+                        ),
+                        timeline::emitted("frontend", &record, &trace),
+                    ],
                 )?;
-                timeline::stage(&mut tx, &timeline::emitted("frontend", &record, &trace))?;
                 Ok(Accepted::New(Box::new((record, accepted_request))))
             }
             .boxed()
