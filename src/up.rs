@@ -42,6 +42,12 @@ pub struct UpArgs {
     /// Send the functions' logs to files in the log directory instead of the terminal.
     #[arg(long)]
     pub function_logs: bool,
+    /// Run each function from its own binary in DIR, the binary its container image ships
+    /// (`cargo build --release --workspace --bins` puts them in target/release), instead of
+    /// `saga serve FUNCTION`. The bench measures these: they are smaller than `saga`, which
+    /// also carries the CLI.
+    #[arg(long, value_name = "DIR")]
+    pub functions_from: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +139,8 @@ pub struct Stack {
     pub ready: BTreeMap<Function, Duration>,
     /// The emulators this stack started (none if it reused running ones).
     pub emulators: Vec<Emulator>,
+    /// What runs the functions.
+    pub launcher: Launcher,
     children: BTreeMap<Function, Child>,
 }
 
@@ -143,6 +151,7 @@ impl Stack {
         }
         std::fs::create_dir_all(&args.log_dir)
             .map_err(|e| UpError::Io(format!("creating {}: {e}", args.log_dir.display())))?;
+        let launcher = Launcher::of(args)?;
         let pubsub_host = format!("127.0.0.1:{}", args.pubsub_port);
         let firestore_host = format!("127.0.0.1:{}", args.firestore_port);
         for function in Function::ALL {
@@ -185,7 +194,13 @@ impl Stack {
                 .then(|| args.log_dir.join(format!("{}.log", function.name())));
             children.insert(
                 function,
-                spawn_function(function, &config, args.port_of(function), log.as_deref())?,
+                spawn_function(
+                    &launcher,
+                    function,
+                    &config,
+                    args.port_of(function),
+                    log.as_deref(),
+                )?,
             );
         }
         let ready = wait_healthy(args, &launched, &mut children).await?;
@@ -198,6 +213,7 @@ impl Stack {
             seeded,
             ready,
             emulators,
+            launcher,
             children,
         })
     }
@@ -243,7 +259,62 @@ async fn emulator(kind: Kind, host: &str, args: &UpArgs) -> Result<Option<Emulat
     ))
 }
 
+/// How the functions are started: `saga serve FUNCTION`, or each function's own binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launcher {
+    Serve(PathBuf),
+    Binaries(PathBuf),
+}
+
+impl Launcher {
+    /// The launcher `args` ask for; every binary must be there before anything starts.
+    pub fn of(args: &UpArgs) -> Result<Launcher, UpError> {
+        match &args.functions_from {
+            None => std::env::current_exe()
+                .map(Launcher::Serve)
+                .map_err(|e| UpError::Io(format!("finding saga: {e}"))),
+            Some(dir) => {
+                let missing: Vec<&str> = Function::ALL
+                    .iter()
+                    .map(|f| f.name())
+                    .filter(|name| !dir.join(name).is_file())
+                    .collect();
+                if missing.is_empty() {
+                    Ok(Launcher::Binaries(dir.clone()))
+                } else {
+                    Err(UpError::Io(format!(
+                        "--functions-from {}: no binary for {}; build them with \
+                         `cargo build --release --workspace --bins`",
+                        dir.display(),
+                        missing.join(", ")
+                    )))
+                }
+            }
+        }
+    }
+
+    fn command(&self, function: Function) -> Command {
+        match self {
+            Launcher::Serve(saga) => {
+                let mut command = Command::new(saga);
+                command.args(["serve", function.name()]);
+                command
+            }
+            Launcher::Binaries(dir) => Command::new(dir.join(function.name())),
+        }
+    }
+
+    /// What runs the functions, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Launcher::Serve(_) => "saga serve FUNCTION".to_owned(),
+            Launcher::Binaries(dir) => format!("per-function binaries from {}", dir.display()),
+        }
+    }
+}
+
 fn spawn_function(
+    launcher: &Launcher,
     function: Function,
     config: &Config,
     port: u16,
@@ -255,13 +326,12 @@ fn spawn_function(
             .map_err(|e| UpError::Io(format!("creating {}: {e}", path.display())))?,
         None => Stdio::inherit(),
     };
-    let exe = std::env::current_exe().map_err(|e| UpError::Io(format!("finding saga: {e}")))?;
     let host = |e: &Endpoint| match e {
         Endpoint::Emulator(h) => h.clone(),
         Endpoint::Cloud => String::new(),
     };
-    Command::new(exe)
-        .args(["serve", function.name()])
+    launcher
+        .command(function)
         .env("PORT", port.to_string())
         .env("GOOGLE_CLOUD_PROJECT", &config.project_id)
         .env("PUBSUB_EMULATOR_HOST", host(&config.pubsub))

@@ -162,6 +162,18 @@ pub async fn create_topology_with(
     Ok(())
 }
 
+/// Creates a topic (the bench's floor publishes its last stage to one with no subscriber).
+pub async fn create_topic(
+    project: &str,
+    pubsub_host: &str,
+    topic: &str,
+) -> Result<(), BootstrapError> {
+    Admin::connect(pubsub_host)
+        .await?
+        .ensure_topic(project, topic)
+        .await
+}
+
 /// Creates a topic and a push subscription on it (the bench's floor measurement uses these
 /// for a bare chain outside the saga's topology).
 pub async fn create_push_pair(

@@ -15,7 +15,7 @@ use crate::topology::topic_path;
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Batching adds at most this much latency per hop.
-const BATCH_DELAY: Duration = Duration::from_millis(2);
+pub const BATCH_DELAY: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -124,10 +124,7 @@ async fn main() -> ExitCode {
                 println!("{written} seed documents written");
                 ExitCode::SUCCESS
             }
-            Err(error) => {
-                eprintln!("saga seed: {error}");
-                ExitCode::FAILURE
-            }
+            Err(error) => fail("seed", error),
         },
         Command::Check(args) => match saga::up::check(args).await {
             Ok(report) => {
@@ -214,10 +211,7 @@ async fn main() -> ExitCode {
         }
         Command::Up(args) => match saga::up::up(args).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("saga up: {error}");
-                ExitCode::FAILURE
-            }
+            Err(error) => fail("up", error),
         },
     }
 }

@@ -144,3 +144,29 @@ async fn saga_up_without_gcloud_says_what_to_install_and_fails() {
     assert!(stderr.contains("gcloud is not installed"), "{stderr}");
     assert!(stderr.contains("pubsub-emulator"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_up_from_a_directory_without_the_function_binaries_names_them_and_starts_nothing() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-function-binaries");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("order"), "").unwrap();
+    let pubsub = free_port().unwrap();
+    let output = saga()
+        .args(["up", "--frontend-port", &free_block().to_string()])
+        .args(["--pubsub-port", &pubsub.to_string()])
+        .args(["--firestore-port", &free_port().unwrap().to_string()])
+        .arg("--functions-from")
+        .arg(&dir)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no binary for frontend, inventory, payments, janitor")
+            && stderr.contains("cargo build --release --workspace --bins"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Starting the emulators"), "{stderr}");
+    assert!(!is_ready(&format!("127.0.0.1:{pubsub}")).await);
+}
