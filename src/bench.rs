@@ -44,7 +44,8 @@ pub struct BenchArgs {
     /// Stock shards of the hot item (1: its stock on one document).
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
-    /// Also measure the floor: a bare publish → push chain and bare Firestore transactions.
+    /// Also measure the floor: a trivial saga of the order's shape (bare transactions and
+    /// publishes, push hops between them) on the same emulators.
     #[arg(long)]
     pub floor: bool,
     /// Run each function from its own binary in DIR, as deployed, instead of `saga serve`
