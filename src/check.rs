@@ -64,6 +64,25 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// [`check`] of a settled project, given up to `patience` to settle: a step's answer can
+/// follow its order's last status by the time it takes to publish and mark its event (and,
+/// when its mark is batched, until the last delivery in flight ends), so an outbox record may
+/// be seen unmarked for a moment after the saga looks over.
+pub async fn check_settled(
+    store: &Store,
+    baseline: &Baseline,
+    patience: std::time::Duration,
+) -> Result<Report, StoreError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let report = check(store, baseline, true).await?;
+        if report.holds() || std::time::Instant::now() >= deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// Checks every invariant against `baseline`. With `settled`, every order must also have
 /// reached COMPLETED or COMPENSATED and every outbox record must be published.
 pub async fn check(

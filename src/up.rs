@@ -93,6 +93,9 @@ pub struct CheckArgs {
     pub in_flight: bool,
 }
 
+/// How long `saga check` (settled) and the bench give the last outbox marks to land.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
 /// `saga check`: the invariants of the project's data against the seed state.
 pub async fn check(args: CheckArgs) -> Result<crate::check::Report, UpError> {
     let store = args
@@ -100,7 +103,12 @@ pub async fn check(args: CheckArgs) -> Result<crate::check::Report, UpError> {
         .store()
         .await
         .map_err(|e| UpError::Io(e.to_string()))?;
-    Ok(crate::check::check(&store, &crate::check::Baseline::seed(), !args.in_flight).await?)
+    let baseline = crate::check::Baseline::seed();
+    Ok(if args.in_flight {
+        crate::check::check(&store, &baseline, false).await?
+    } else {
+        crate::check::check_settled(&store, &baseline, SETTLE).await?
+    })
 }
 
 /// `saga seed`: seeds the emulator, or a project on Google Cloud; returns how many documents it wrote.

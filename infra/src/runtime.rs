@@ -11,6 +11,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
+use crate::outbox::Marks;
 use crate::publisher::{EventPublisher, PublishError};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -23,6 +24,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub store: Store,
     pub publisher: EventPublisher,
+    /// The marks of published outbox records, written in batches.
+    pub marks: Marks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,7 @@ impl Runtime {
         Ok(Runtime {
             function,
             config: Arc::new(config),
+            marks: Marks::new(store.clone()),
             store,
             publisher,
         })

@@ -127,6 +127,15 @@ pub trait Step: Send + Sync + 'static {
         tx: &'a mut Tx<'_, '_>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+
+    /// The documents (collection, id) `run` will read for `event`. The runtime reads them
+    /// with the step's idempotency record, in one round trip, before `run`; `run`'s gets of
+    /// them are then answered from that read. A get of a document not listed still works, at
+    /// one more round trip.
+    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
+        let _ = event;
+        Vec::new()
+    }
 }
 
 /// How a delivery was acknowledged (the response body of a 200).
@@ -318,7 +327,22 @@ pub async fn run_once<S: Step>(
         .await
 }
 
+/// One delivery, counted among the process's deliveries in flight (whose outbox marks are
+/// written in batches, see [`outbox::Marks`]).
 async fn process<S: Step>(
+    state: &StepState<S>,
+    event: Event,
+    trace: TraceContext,
+    delivery_id: &str,
+) -> Result<Ack, PushError> {
+    state
+        .runtime
+        .marks
+        .scope(process_in_scope(state, event, trace, delivery_id))
+        .await
+}
+
+async fn process_in_scope<S: Step>(
     state: &StepState<S>,
     event: Event,
     trace: TraceContext,
@@ -335,6 +359,12 @@ async fn process<S: Step>(
             let event = event.clone();
             let key = key.clone();
             async move {
+                // The idempotency record and what the step will read, in one round trip.
+                let reads = step.reads(&event);
+                let ahead: Vec<(&str, &str)> = std::iter::once((collections::STEPS, key.as_str()))
+                    .chain(reads.iter().map(|(c, id)| (*c, id.as_str())))
+                    .collect();
+                tx.read_ahead(&ahead).await?;
                 if let Some(done) = tx.get::<StepRecord>(collections::STEPS, &key).await? {
                     let outbox = match &done.emitted_event_id {
                         Some(id) => tx.get::<OutboxRecord>(collections::OUTBOX, id).await?,
@@ -388,7 +418,9 @@ async fn process<S: Step>(
         return Err(PushError::InjectedCrash);
     }
     if let Some(outbox) = outbox.filter(|o| !o.published) {
-        outbox::deliver(store, publisher, &outbox).await?;
+        outbox::deliver_batched(publisher, &state.runtime.marks, &outbox)
+            .await
+            .map_err(DeliverError::from)?;
     }
     if fresh {
         tracing::info!(outcome = %record.outcome, "step done");

@@ -4,10 +4,11 @@
 //! wrapper retries contention (the emulator aborts contended transactions with "lock timeout")
 //! and reports it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use firestore::errors::{BackoffError, FirestoreError};
+use firestore::gcloud_sdk::google::firestore::v1::Document;
 use firestore::{
     FirestoreDb, FirestoreDbOptions, FirestoreTransaction, FirestoreTransactionOptions,
     FirestoreWritePrecondition,
@@ -343,33 +344,70 @@ impl Store {
         get_one(&self.db, collection, id, "").await
     }
 
-    /// Marks an outbox record published: two fields written, not the whole record with its
-    /// payload, and only if the record exists.
-    pub async fn mark_published(&self, event_id: &str, at: Timestamp) -> Result<(), StoreError> {
+    /// Marks these outbox records published, in one batch write of two fields each (never a
+    /// rewrite of the record), each on the condition that the record exists.
+    pub async fn mark_published(
+        &self,
+        event_ids: &[String],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
         #[derive(Serialize, Deserialize)]
         struct Published {
             published: bool,
             #[serde(with = "firestore::serialize_as_timestamp")]
             published_at: Timestamp,
         }
-        self.db
-            .fluent()
-            .update()
-            .fields(["published", "published_at"])
-            .in_col(collections::OUTBOX)
-            .precondition(FirestoreWritePrecondition::Exists(true))
-            .document_id(event_id)
-            .object(&Published {
-                published: true,
-                published_at: at,
-            })
-            .execute::<Published>()
-            .await
-            .context(format!(
-                "marking {}/{event_id} published",
+        let what = || match event_ids {
+            [one] => format!("marking {}/{one} published", collections::OUTBOX),
+            many => format!(
+                "marking {} {} records published",
+                many.len(),
                 collections::OUTBOX
-            ))?;
-        Ok(())
+            ),
+        };
+        let writer = self.db.create_simple_batch_writer().await.context(what())?;
+        let mut batch = writer.new_batch();
+        let published = Published {
+            published: true,
+            published_at: at,
+        };
+        for id in event_ids {
+            batch
+                .update_object(
+                    collections::OUTBOX,
+                    id,
+                    &published,
+                    Some(vec!["published".to_owned(), "published_at".to_owned()]),
+                    Some(FirestoreWritePrecondition::Exists(true)),
+                    vec![],
+                )
+                .context(what())?;
+        }
+        let response = batch.write().await.context(what())?;
+        // A batch write is not atomic: each write has its own status (0 is OK).
+        let failed: Vec<String> = response
+            .statuses
+            .iter()
+            .zip(event_ids)
+            .filter(|(status, _)| status.code != 0)
+            .map(|(status, id)| format!("{id}: {}", status.message))
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError {
+            context: what(),
+            source: FirestoreError::DatabaseError(firestore::errors::FirestoreDatabaseError::new(
+                firestore::errors::FirestoreErrorPublicGenericDetails::new("batch-write".into()),
+                format!(
+                    "{} of {} writes failed: {}",
+                    failed.len(),
+                    event_ids.len(),
+                    failed.join("; ")
+                ),
+                true,
+            )),
+        })
     }
 
     /// Writes the whole document, creating or replacing it.
@@ -448,17 +486,21 @@ impl Store {
                     if attempt > 0 {
                         tracing::info!(what, attempt, "transaction contended, retrying");
                     }
-                    f(Tx { db, txn })
-                        .map(|r| {
-                            r.map_err(|e| {
-                                if e.is_transient() {
-                                    BackoffError::transient(e)
-                                } else {
-                                    BackoffError::permanent(e)
-                                }
-                            })
+                    f(Tx {
+                        db,
+                        txn,
+                        read: HashMap::new(),
+                    })
+                    .map(|r| {
+                        r.map_err(|e| {
+                            if e.is_transient() {
+                                BackoffError::transient(e)
+                            } else {
+                                BackoffError::permanent(e)
+                            }
                         })
-                        .boxed()
+                    })
+                    .boxed()
                 },
                 options,
             )
@@ -477,14 +519,84 @@ impl Store {
 pub struct Tx<'b, 'c> {
     db: FirestoreDb,
     txn: &'b mut FirestoreTransaction<'c>,
+    /// Documents read ahead in this attempt, by full name (`None`: there is none).
+    read: HashMap<String, Option<Document>>,
 }
 
 impl Tx<'_, '_> {
+    /// One document by id, `None` if there is none: from what [`Tx::read_ahead`] read, if it
+    /// read this one, otherwise from Firestore.
     pub async fn get<T>(&self, collection: &str, id: &str) -> Result<Option<T>, StoreError>
     where
         T: DeserializeOwned + Send,
     {
-        get_one(&self.db, collection, id, " in a transaction").await
+        match self.read.get(&self.name(collection, id)) {
+            Some(Some(doc)) => FirestoreDb::deserialize_doc_to::<T>(doc)
+                .map(Some)
+                .context(format!("decoding {collection}/{id} in a transaction")),
+            Some(None) => Ok(None),
+            None => get_one(&self.db, collection, id, " in a transaction").await,
+        }
+    }
+
+    /// Reads `docs` (collection, id) in one round trip, in the transaction, so a step that
+    /// knows from its event what it will read pays one read instead of one per document.
+    /// Later [`Tx::get`]s of them are answered from this read: the same snapshot a get
+    /// would see, since a transaction does not read its own queued writes.
+    pub async fn read_ahead(&mut self, docs: &[(&str, &str)]) -> Result<(), StoreError> {
+        use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
+        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_request::ConsistencySelector;
+        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_response::Result as Read;
+        let what = || format!("reading {} documents ahead in a transaction", docs.len());
+        // An id that is not a single path segment is left to `get`, which refuses it.
+        let names: Vec<String> = docs
+            .iter()
+            .filter(|(collection, id)| valid_segment(collection) && valid_segment(id))
+            .map(|(collection, id)| self.name(collection, id))
+            .filter(|name| !self.read.contains_key(name))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let request = BatchGetDocumentsRequest {
+            database: self.db.get_database_path().clone(),
+            documents: names,
+            mask: None,
+            request_options: None,
+            consistency_selector: Some(ConsistencySelector::Transaction(
+                self.txn.transaction_id().clone(),
+            )),
+        };
+        let mut responses = self
+            .db
+            .client()
+            .get()
+            .batch_get_documents(request)
+            .await
+            .map_err(FirestoreError::from)
+            .context(what())?
+            .into_inner();
+        while let Some(response) = responses
+            .message()
+            .await
+            .map_err(FirestoreError::from)
+            .context(what())?
+        {
+            match response.result {
+                Some(Read::Found(doc)) => {
+                    self.read.insert(doc.name.clone(), Some(doc));
+                }
+                Some(Read::Missing(name)) => {
+                    self.read.insert(name, None);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self, collection: &str, id: &str) -> String {
+        format!("{}/{collection}/{id}", self.db.get_documents_path())
     }
 
     /// Queues a whole-document write (create or replace).
@@ -502,6 +614,11 @@ impl Tx<'_, '_> {
             .context(format!("queuing a write of {collection}/{id}"))?;
         Ok(())
     }
+}
+
+/// Whether `s` can be one segment of a document path (what Firestore accepts as an id).
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty() && !s.contains('/') && s != "." && s != ".." && s.len() <= 1500
 }
 
 /// The emulator accepts the magic bearer token `owner`, which bypasses security rules.

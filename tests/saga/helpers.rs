@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use saga::check::{Baseline, check};
+use saga::check::{Baseline, check_settled};
 use saga_emulator::{Emulator, Kind, Overrides, SeedMode};
 use saga_infra::config::Config;
 use saga_infra::events::Event;
@@ -238,7 +238,7 @@ impl TestApp {
 
     /// Asserts every invariant of the saga holds, and every saga is over.
     pub async fn assert_invariants(&self) {
-        let report = check(&self.store, &self.baseline, true)
+        let report = check_settled(&self.store, &self.baseline, Duration::from_secs(5))
             .await
             .expect("checking");
         assert!(report.holds(), "invariants broken:\n{report}");

@@ -228,8 +228,10 @@ async fn create_order(
         span_id = %trace.span_id_hex(),
         parent_span_id = trace.parent_span_id_hex(),
     );
-    accept(rt, order, key, order_id, trace)
-        .instrument(span)
+    // Counted among the requests in flight, whose outbox marks are written in batches.
+    let marks = rt.marks.clone();
+    marks
+        .scope(accept(rt, order, key, order_id, trace).instrument(span))
         .await
 }
 
@@ -320,7 +322,7 @@ async fn accept(
             let (record, request) = *accepted;
             // The order is committed: if publishing fails now, a redelivery-free path
             // (the outbox sweep) publishes it; the user's order is accepted either way.
-            if let Err(error) = outbox::deliver(&rt.store, &rt.publisher, &record).await {
+            if let Err(error) = outbox::deliver_batched(&rt.publisher, &rt.marks, &record).await {
                 tracing::warn!(%error, %order_id, "order accepted, publish deferred to the outbox sweep");
             }
             // Answered from what was just committed: no read back.

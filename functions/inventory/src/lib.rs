@@ -154,6 +154,13 @@ impl Step for InventoryStep {
     const NAME: &'static str = "inventory";
     const ACCEPTS: &'static [&'static str] = &["order-created"];
 
+    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
+        vec![
+            (collections::ORDERS, event.order_id.to_string()),
+            (collections::INVENTORY, event.body.order().item.clone()),
+        ]
+    }
+
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_, '_>,

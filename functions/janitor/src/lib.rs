@@ -66,6 +66,10 @@ impl Step for JanitorStep {
     const NAME: &'static str = "janitor";
     const ACCEPTS: &'static [&'static str] = &["saga-failed"];
 
+    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
+        compensation_reads(event)
+    }
+
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_, '_>,
@@ -97,6 +101,10 @@ impl Step for DeadLetterStep {
         "saga-failed",
     ];
 
+    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
+        compensation_reads(event)
+    }
+
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_, '_>,
@@ -114,6 +122,17 @@ impl Step for DeadLetterStep {
         }
         .boxed()
     }
+}
+
+/// What [`compensate`] reads first: the order and what was taken for it. (The stock or balance
+/// to give back is read only when there is something to give back.)
+fn compensation_reads(event: &Event) -> Vec<(&'static str, String)> {
+    let id = event.order_id.to_string();
+    vec![
+        (collections::ORDERS, id.clone()),
+        (collections::RESERVATIONS, id.clone()),
+        (collections::PAYMENTS, id),
+    ]
 }
 
 /// Undoes what was done for the order, in the step's transaction.

@@ -32,6 +32,13 @@ impl Step for OrderStep {
     const NAME: &'static str = "order";
     const ACCEPTS: &'static [&'static str] = &["order-requested"];
 
+    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
+        vec![
+            (collections::ORDERS, event.order_id.to_string()),
+            (collections::USERS, event.body.order().user.clone()),
+        ]
+    }
+
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_, '_>,

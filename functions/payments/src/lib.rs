@@ -62,6 +62,13 @@ impl Step for PaymentsStep {
     const NAME: &'static str = "payments";
     const ACCEPTS: &'static [&'static str] = &["inventory-reserved"];
 
+    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
+        vec![
+            (collections::ORDERS, event.order_id.to_string()),
+            (collections::USERS, event.body.order().user.clone()),
+        ]
+    }
+
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_, '_>,
