@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::check::{Baseline, check};
+use crate::check::{Baseline, check_settled};
 use crate::up::{Stack, UpArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// (see `saga up --functions-from`).
     #[arg(long, value_name = "DIR")]
     pub functions_from: Option<PathBuf>,
+    /// Orders placed first and not measured (`spread` orders at the same concurrency), so
+    /// the emulators' JIT and caches are warm, as a long-running stack's are, and as they
+    /// are for the floor, which runs after.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
     /// Where the JSON result and the latency histogram (SVG) go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -140,6 +145,14 @@ pub struct BenchResult {
     #[serde(default)]
     pub binaries: String,
     pub emulators: BTreeMap<String, ProcessUse>,
+    /// Orders placed before the measured ones (warm-up), not counted in any figure but
+    /// the peak RSS.
+    #[serde(default)]
+    pub warmup: usize,
+    /// Orders in the project when the invariants were checked: the measured ones and the
+    /// warm-up's.
+    #[serde(default)]
+    pub checked_orders: usize,
     pub floor: Option<Floor>,
     /// End-to-end latencies in milliseconds, for the histogram.
     pub samples_ms: Vec<f64>,
@@ -332,12 +345,24 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         .iter()
         .map(|(f, p)| (*f, procfs::rss_kib(*p).0))
         .collect();
+    let base = format!("http://127.0.0.1:{}", stack.ports[&Function::Frontend]);
+    if args.warmup > 0 {
+        let warmup = BenchArgs {
+            count: args.warmup,
+            workload: Workload::Spread,
+            ..args.clone()
+        };
+        let warm = drive(&warmup, &base, &store).await?;
+        if warm.statuses.iter().any(|s| !s.is_terminal()) {
+            return Err(BenchError::Other("warm-up orders did not finish".into()));
+        }
+    }
+
     let cpu = |ps: &[u32]| ps.iter().map(|p| procfs::cpu_ticks(*p)).sum::<u64>();
     let fn_cpu_before: BTreeMap<Function, u64> =
         pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
     let emu_cpu_before: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
 
-    let base = format!("http://127.0.0.1:{}", stack.ports[&Function::Frontend]);
     let drive = drive(args, &base, &store).await?;
     // Resources first, before reading the timeline adds its own load.
     let fn_cpu_after: BTreeMap<Function, u64> =
@@ -374,6 +399,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             .collect(),
         hops: timings.hops,
         binaries: stack.launcher.describe(),
+        warmup: args.warmup,
         ..BenchResult::default()
     };
     let per_1000 =
@@ -409,8 +435,9 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             },
         );
     }
-    let report = check(&store, &baseline, true).await?;
+    let report = check_settled(&store, &baseline, crate::up::SETTLE).await?;
     result.invariants_held = report.holds() && result.unfinished == 0;
+    result.checked_orders = report.orders.values().sum();
     result.violations = report.violations;
     if args.floor {
         result.floor = Some(crate::bench_floor::measure(stack, args).await?);
@@ -739,17 +766,28 @@ pub fn table(r: &BenchResult) -> String {
         "  orders/s           {} ({} orders in {:.1} s)\n",
         r.orders_per_s, r.count, r.seconds
     ));
+    if r.warmup > 0 {
+        t.push_str(&format!(
+            "  warm-up            {} spread orders before, not measured\n",
+            r.warmup
+        ));
+    }
     t.push_str(&format!("  end to end         {}\n", l(&r.end_to_end)));
     t.push_str(&format!("  POST               {}\n", l(&r.post)));
     for (hop, lat) in &r.hops {
         t.push_str(&format!("  hop {hop:<26} {}\n", l(lat)));
     }
     t.push_str(&format!(
-        "  outcome            {} completed, {} compensated, {} unfinished; invariants {}\n",
+        "  outcome            {} completed, {} compensated, {} unfinished; invariants {}{}\n",
         r.completed,
         r.compensated,
         r.unfinished,
-        if r.invariants_held { "held" } else { "BROKEN" }
+        if r.invariants_held { "held" } else { "BROKEN" },
+        if r.checked_orders > r.count {
+            format!(" (checked over all {} orders)", r.checked_orders)
+        } else {
+            String::new()
+        }
     ));
     for v in &r.violations {
         t.push_str(&format!("    VIOLATION {v}\n"));

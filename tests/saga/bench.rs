@@ -37,6 +37,8 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
             "--workload",
             "failures",
             "--floor",
+            "--warmup",
+            "5",
         ])
         .arg("--functions-from")
         .arg(&bin)
@@ -66,6 +68,13 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         "stock and payment failures: {result}"
     );
     assert_eq!(result["end_to_end"]["count"], 20);
+    // The warm-up's orders ran through the saga too, unmeasured, and were checked.
+    assert_eq!(result["warmup"], 5);
+    assert_eq!(result["checked_orders"], 25, "{result}");
+    assert!(
+        stdout.contains("warm-up            5 spread orders"),
+        "{stdout}"
+    );
     for function in ["frontend", "order", "inventory", "payments", "janitor"] {
         let f = &result["functions"][function];
         assert!(f["peak_rss_mib"].as_f64().unwrap() > 0.0, "{function}: {f}");
