@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// are for the floor, which runs after.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Seconds between each function's sweeps (see `saga up --sweep-interval`).
+    #[arg(long, value_name = "SECS", default_value_t = crate::up::DEFAULT_SWEEP_INTERVAL_SECS)]
+    pub sweep_interval: u64,
     /// Where the JSON result and the latency histogram (SVG) go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -282,6 +285,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         log_dir: PathBuf::from("target/bench/logs"),
         function_logs: true,
         functions_from: args.functions_from.clone(),
+        sweep_interval: args.sweep_interval,
     };
     let stack = Stack::start(&up).await?;
     let result = run(args, &stack).await;

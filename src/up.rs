@@ -48,7 +48,15 @@ pub struct UpArgs {
     /// also carries the CLI.
     #[arg(long, value_name = "DIR")]
     pub functions_from: Option<PathBuf>,
+    /// Seconds between each function's sweeps (outbox republish; saga timeouts in the
+    /// janitor), as Cloud Scheduler runs them every minute in the cloud. On the emulator a
+    /// sweep's query costs time in proportion to all the data of the project.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SWEEP_INTERVAL_SECS)]
+    pub sweep_interval: u64,
 }
+
+/// The cloud's sweep schedule (terraform's `sweep_schedule`, every minute).
+pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -208,6 +216,7 @@ impl Stack {
                     &config,
                     args.port_of(function),
                     log.as_deref(),
+                    args.sweep_interval,
                 )?,
             );
         }
@@ -327,6 +336,7 @@ fn spawn_function(
     config: &Config,
     port: u16,
     log: Option<&std::path::Path>,
+    sweep_interval: u64,
 ) -> Result<Child, UpError> {
     let stderr = match log {
         Some(path) => std::fs::File::create(path)
@@ -346,7 +356,7 @@ fn spawn_function(
         .env("FIRESTORE_EMULATOR_HOST", host(&config.firestore))
         .env("SAGA_FAULT_INJECTION", config.fault_injection.to_string())
         .env(PARENT_ENV, std::process::id().to_string())
-        .env("SAGA_SWEEP_INTERVAL_SECS", "5")
+        .env("SAGA_SWEEP_INTERVAL_SECS", sweep_interval.to_string())
         .stdin(Stdio::null())
         .stderr(stderr)
         .kill_on_drop(true)

@@ -263,6 +263,11 @@ pub async fn sweep(
     grace: std::time::Duration,
 ) -> Result<SweepReport, StoreError> {
     use crate::store::Context;
+    if topics.is_empty() {
+        // Nothing of this function's can be pending (the janitor publishes nothing); on the
+        // emulator the query would cost a scan of the whole project.
+        return Ok(SweepReport::default());
+    }
     let pending: Vec<OutboxRecord> = store
         .db()
         .fluent()

@@ -203,6 +203,7 @@ async fn run(
         firestore = ?config.firestore,
         fault_injection = config.fault_injection,
         push_auth = matches!(config.push_auth, crate::config::PushAuth::Oidc(_)),
+        sweep_interval_s = config.sweep_interval.map(|i| i.as_secs()),
         "{function} ready"
     );
     server.run(shutdown).await

@@ -39,6 +39,8 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
             "--floor",
             "--warmup",
             "5",
+            "--sweep-interval",
+            "7",
         ])
         .arg("--functions-from")
         .arg(&bin)
@@ -117,6 +119,9 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         !emulator_log.contains("not found"),
         "the emulator logged NOT_FOUND errors:\n{emulator_log}"
     );
+    // Each function sweeps on the interval it was given.
+    let order_log = std::fs::read_to_string("target/bench/logs/order.log").unwrap();
+    assert!(order_log.contains(r#""sweep_interval_s":7"#), "{order_log}");
     let svg = std::fs::read_to_string(out.join("failures-c4-n20.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
 }
