@@ -60,16 +60,10 @@ pub async fn deliver(
     publisher: &EventPublisher,
     record: &OutboxRecord,
 ) -> Result<String, DeliverError> {
-    let message_id = publisher.publish(record).await?;
+    let message_id = publish(publisher, record).await?;
     store
         .mark_published(std::slice::from_ref(&record.event_id), Timestamp::now())
         .await?;
-    tracing::info!(
-        event_id = %record.event_id,
-        topic = %record.topic,
-        message_id,
-        "event published"
-    );
     Ok(message_id)
 }
 
@@ -80,8 +74,16 @@ pub async fn deliver_batched(
     marks: &Marks,
     record: &OutboxRecord,
 ) -> Result<String, PublishError> {
-    let message_id = publisher.publish(record).await?;
+    let message_id = publish(publisher, record).await?;
     marks.defer(record.event_id.clone());
+    Ok(message_id)
+}
+
+async fn publish(
+    publisher: &EventPublisher,
+    record: &OutboxRecord,
+) -> Result<String, PublishError> {
+    let message_id = publisher.publish(record).await?;
     tracing::info!(
         event_id = %record.event_id,
         topic = %record.topic,
