@@ -5,6 +5,7 @@
 //!   given) in one transaction, publishes to `frontend`, answers 202.
 //! - `GET /order/{id}`: the saga's status.
 
+mod live;
 pub mod validate;
 
 use axum::Json;
@@ -30,13 +31,18 @@ use serde::Serialize;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use live::Live;
 use validate::FieldError;
 
 pub fn router(runtime: Runtime) -> Router {
     let sweep = step::protect(&runtime, step::outbox_sweep_router(&runtime));
+    let live = Live::new(REFRESH);
     Router::new()
         .route("/", get(page))
-        .route("/orders/stream", get(stream_orders))
+        .route(
+            "/orders/stream",
+            get(move |State(rt): State<Runtime>| stream_orders(rt, live.clone())),
+        )
         .route("/order", post(create_order))
         .route("/order/{id}", get(get_order))
         .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
@@ -432,27 +438,30 @@ const RECENT: u32 = 30;
 const REFRESH: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `GET /orders/stream`: server-sent events; an `orders` event with the recent orders
-/// whenever they change.
+/// whenever they change. Every open page shares one poller ([`Live`]).
 async fn stream_orders(
-    State(rt): State<Runtime>,
+    rt: Runtime,
+    live: Live,
 ) -> axum::response::Sse<
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event as Sse, KeepAlive};
-    let stream = futures::stream::unfold((rt, String::new()), |(rt, last)| async move {
-        loop {
+    let page = live.subscribe(move || {
+        let rt = rt.clone();
+        async move {
             match recent_orders(&rt).await {
-                Ok(orders) => {
-                    let json = serde_json::to_string(&orders).unwrap_or_default();
-                    if json != last {
-                        let event = Sse::default().event("orders").data(json.clone());
-                        return Some((Ok(event), (rt, json)));
-                    }
+                Ok(orders) => Some(serde_json::to_string(&orders).unwrap_or_default()),
+                Err(error) => {
+                    tracing::warn!(%error, "recent orders unavailable");
+                    None
                 }
-                Err(error) => tracing::warn!(%error, "recent orders unavailable"),
             }
-            tokio::time::sleep(REFRESH).await;
         }
+    });
+    let stream = futures::stream::unfold((page, true), |(mut page, first)| async move {
+        let orders = live::next(&mut page, first).await?;
+        let event = Sse::default().event("orders").data(orders.as_ref());
+        Some((Ok(event), (page, false)))
     });
     axum::response::Sse::new(stream).keep_alive(KeepAlive::default())
 }
