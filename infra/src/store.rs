@@ -558,6 +558,9 @@ impl Tx<'_, '_> {
         if names.is_empty() {
             return Ok(());
         }
+        // The fluent API batch-gets from one collection only, so this is the raw request,
+        // through the crate's `client()` escape hatch (its gcloud-sdk types are pinned by
+        // Cargo.lock, outside the crate's semver promise).
         let request = BatchGetDocumentsRequest {
             database: self.db.get_database_path().clone(),
             documents: names,
