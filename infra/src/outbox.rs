@@ -185,11 +185,6 @@ impl Marks {
         self.state().pending.push(event_id);
     }
 
-    /// How many marks are queued (for tests and logs).
-    pub fn pending(&self) -> usize {
-        self.state().pending.len()
-    }
-
     fn enter(&self) -> InFlight {
         self.state().in_flight += 1;
         InFlight {
