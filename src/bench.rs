@@ -156,6 +156,10 @@ pub struct BenchResult {
     /// warm-up's.
     #[serde(default)]
     pub checked_orders: usize,
+    /// The bench's own CPU while it drove the measured orders (its HTTP client and the
+    /// poller that batch-reads the orders in flight), per 1,000 orders: it shares the machine.
+    #[serde(default)]
+    pub driver_cpu_s_per_1000_orders: f64,
     pub floor: Option<Floor>,
     /// End-to-end latencies in milliseconds, for the histogram.
     pub samples_ms: Vec<f64>,
@@ -366,12 +370,15 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let fn_cpu_before: BTreeMap<Function, u64> =
         pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
     let emu_cpu_before: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
+    let me = std::process::id();
+    let driver_cpu_before = cpu(&[me]);
 
     let drive = drive(args, &base, &store).await?;
     // Resources first, before reading the timeline adds its own load.
     let fn_cpu_after: BTreeMap<Function, u64> =
         pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
     let emu_cpu_after: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
+    let driver_cpu = cpu(&[me]).saturating_sub(driver_cpu_before);
     let timings = timings(&store, &drive.ids).await?;
 
     let mut result = BenchResult {
@@ -442,6 +449,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let report = check_settled(&store, &baseline, crate::up::SETTLE).await?;
     result.invariants_held = report.holds() && result.unfinished == 0;
     result.checked_orders = report.orders.values().sum();
+    result.driver_cpu_s_per_1000_orders = per_1000(driver_cpu);
     result.violations = report.violations;
     if args.floor {
         result.floor = Some(crate::bench_floor::measure(stack, args).await?);
@@ -821,6 +829,12 @@ pub fn table(r: &BenchResult) -> String {
         t.push_str(&format!(
             "  {name:<18}  peak {:>6} MiB   {:>5} CPU s/1000 orders\n",
             p.peak_rss_mib, p.cpu_s_per_1000_orders
+        ));
+    }
+    if r.driver_cpu_s_per_1000_orders > 0.0 {
+        t.push_str(&format!(
+            "  bench driver                      {:>5} CPU s/1000 orders\n",
+            r.driver_cpu_s_per_1000_orders
         ));
     }
     if let Some(f) = &r.floor {

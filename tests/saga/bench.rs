@@ -74,6 +74,10 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
     assert_eq!(result["warmup"], 5);
     assert_eq!(result["checked_orders"], 25, "{result}");
     assert!(
+        result["driver_cpu_s_per_1000_orders"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    assert!(
         stdout.contains("warm-up            5 spread orders"),
         "{stdout}"
     );
