@@ -238,7 +238,7 @@ impl TestApp {
 
     /// Asserts every invariant of the saga holds, and every saga is over.
     pub async fn assert_invariants(&self) {
-        let report = check_settled(&self.store, &self.baseline, Duration::from_secs(5))
+        let report = check_settled(&self.store, &self.baseline, saga::up::SETTLE)
             .await
             .expect("checking");
         assert!(report.holds(), "invariants broken:\n{report}");
