@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -160,6 +161,12 @@ pub struct BenchResult {
     /// poller that batch-reads the orders in flight), per 1,000 orders: it shares the machine.
     #[serde(default)]
     pub driver_cpu_s_per_1000_orders: f64,
+    /// The five functions' RSS summed at one instant, the highest sum seen (sampled every
+    /// [`RSS_SAMPLE_EVERY`] over the warm-up and the measured orders): what they hold
+    /// resident together. The sum of each one's own peak overstates it, as the peaks come at
+    /// different moments.
+    #[serde(default)]
+    pub five_rss_at_once_peak_mib: f64,
     pub floor: Option<Floor>,
     /// End-to-end latencies in milliseconds, for the histogram.
     pub samples_ms: Vec<f64>,
@@ -254,6 +261,49 @@ mod procfs {
             i += 1;
         }
         tree
+    }
+}
+
+/// How often [`RssSumSampler`] reads the functions' RSS.
+pub const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Sums some processes' current RSS every [`RSS_SAMPLE_EVERY`] and keeps the highest sum.
+struct RssSumSampler {
+    peak_kib: Arc<AtomicU64>,
+    pids: Vec<u32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSumSampler {
+    fn start(pids: Vec<u32>) -> RssSumSampler {
+        let peak_kib = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (peak_kib, pids) = (peak_kib.clone(), pids.clone());
+            async move {
+                let mut every = tokio::time::interval(RSS_SAMPLE_EVERY);
+                loop {
+                    every.tick().await;
+                    peak_kib.fetch_max(Self::sum(&pids), Ordering::Relaxed);
+                }
+            }
+        });
+        RssSumSampler {
+            peak_kib,
+            pids,
+            task,
+        }
+    }
+
+    fn sum(pids: &[u32]) -> u64 {
+        pids.iter().map(|p| procfs::rss_kib(*p).0).sum()
+    }
+
+    /// The highest sum seen, in KiB (with one last sample).
+    fn stop(self) -> u64 {
+        self.task.abort();
+        self.peak_kib
+            .load(Ordering::Relaxed)
+            .max(Self::sum(&self.pids))
     }
 }
 
@@ -354,6 +404,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         .map(|(f, p)| (*f, procfs::rss_kib(*p).0))
         .collect();
     let base = format!("http://127.0.0.1:{}", stack.ports[&Function::Frontend]);
+    let at_once = RssSumSampler::start(pids.values().copied().collect());
     if args.warmup > 0 {
         let warmup = BenchArgs {
             count: args.warmup,
@@ -379,6 +430,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
     let emu_cpu_after: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
     let driver_cpu = cpu(&[me]).saturating_sub(driver_cpu_before);
+    let five_at_once_kib = at_once.stop();
     let timings = timings(&store, &drive.ids).await?;
 
     let mut result = BenchResult {
@@ -450,6 +502,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     result.invariants_held = report.holds() && result.unfinished == 0;
     result.checked_orders = report.orders.values().sum();
     result.driver_cpu_s_per_1000_orders = per_1000(driver_cpu);
+    result.five_rss_at_once_peak_mib = mib(five_at_once_kib);
     result.violations = report.violations;
     if args.floor {
         result.floor = Some(crate::bench_floor::measure(stack, args).await?);
@@ -820,7 +873,8 @@ pub fn table(r: &BenchResult) -> String {
     }
     let sum = |f: fn(&ProcessUse) -> f64| round(r.functions.values().map(f).sum::<f64>());
     t.push_str(&format!(
-        "  five functions      RSS peak {} MiB (code pages counted five times), PSS {} MiB, private {} MiB\n",
+        "  five functions      RSS at once peak {} MiB; sum of the peaks {} MiB (code pages counted five times), PSS {} MiB, private {} MiB\n",
+        r.five_rss_at_once_peak_mib,
         sum(|p| p.peak_rss_mib),
         sum(|p| p.pss_mib),
         sum(|p| p.private_mib)

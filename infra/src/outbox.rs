@@ -49,7 +49,7 @@ pub fn record(event: &Event, now: Timestamp, trace: &TraceContext) -> OutboxReco
 }
 
 /// Queues the record on the transaction.
-pub fn stage(tx: &mut Tx<'_, '_>, record: &OutboxRecord) -> Result<(), StoreError> {
+pub fn stage(tx: &mut Tx<'_>, record: &OutboxRecord) -> Result<(), StoreError> {
     tx.set(collections::OUTBOX, &record.event_id, record)
 }
 

@@ -87,7 +87,7 @@ impl Outcome {
 /// Fails the saga at this step: the order becomes FAILED with `reason`, and the
 /// `saga-failed` event the janitor compensates is emitted. Shared by every forward step.
 pub fn fail_saga(
-    tx: &mut Tx<'_, '_>,
+    tx: &mut Tx<'_>,
     order: OrderDoc,
     details: &OrderDetails,
     reason: FailureReason,
@@ -126,7 +126,7 @@ pub trait Step: Send + Sync + 'static {
 
     fn run<'a>(
         &'a self,
-        tx: &'a mut Tx<'_, '_>,
+        tx: &'a mut Tx<'_>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>>;
 

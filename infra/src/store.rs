@@ -7,14 +7,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use firestore::errors::{BackoffError, FirestoreError};
+use firestore::errors::FirestoreError;
 use firestore::gcloud_sdk::google::firestore::v1::Document;
 use firestore::{
-    FirestoreDb, FirestoreDbOptions, FirestoreTransaction, FirestoreTransactionOptions,
-    FirestoreWritePrecondition,
+    FirestoreDb, FirestoreDbOptions, FirestoreTransactionMode, FirestoreTransactionOps,
+    FirestoreTransactionOptions, FirestoreWritePrecondition,
 };
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -469,108 +469,251 @@ impl Store {
     /// times: it must only read through its [`Tx`] and only write by queuing on it.
     /// Business rejections are `Ok` values; an `Err` from `f` is retried if it is transient
     /// ([`StoreError::is_transient`]) and returned at once otherwise.
+    ///
+    /// The transaction begins with its first read, in the same request
+    /// (`BatchGetDocuments.new_transaction`), not with a `BeginTransaction` of its own: one
+    /// round trip less per transaction. One that reads nothing commits its writes atomically
+    /// without a transaction.
     pub async fn transaction<T, F>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'b, 'c> Fn(Tx<'b, 'c>) -> BoxFuture<'b, Result<T, StoreError>> + Send + Sync,
+        F: for<'b> Fn(Tx<'b>) -> BoxFuture<'b, Result<T, StoreError>> + Send + Sync,
     {
-        let options = FirestoreTransactionOptions::new()
-            .with_max_retries(12)
-            .with_retry_max_elapsed_time(Duration::from_secs(45));
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let result = self
-            .db
-            .run_transaction_with_options(
-                |db, txn| {
-                    let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if attempt > 0 {
-                        tracing::info!(what, attempt, "transaction contended, retrying");
-                    }
-                    f(Tx {
-                        db,
-                        txn,
-                        read: HashMap::new(),
-                    })
-                    .map(|r| {
-                        r.map_err(|e| {
-                            if e.is_transient() {
-                                BackoffError::transient(e)
-                            } else {
-                                BackoffError::permanent(e)
-                            }
-                        })
-                    })
-                    .boxed()
+        let mut backoff = backoff::ExponentialBackoffBuilder::new()
+            .with_max_elapsed_time(Some(TRANSACTION_RETRY_FOR))
+            .build();
+        let mut retry_of = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                tracing::info!(what, attempt, "transaction contended, retrying");
+            }
+            let mut state = Attempt {
+                db: self.db.clone(),
+                id: None,
+                retry_of: retry_of.take(),
+                read: HashMap::new(),
+                writes: Writes {
+                    documents_path: self.db.get_documents_path().clone(),
+                    writes: Vec::new(),
                 },
-                options,
-            )
+            };
+            let result = match f(Tx {
+                attempt: &mut state,
+            })
             .await
-            .context(format!("transaction {what}"));
-        let attempts = attempts.into_inner();
-        if attempts > 1 {
-            tracing::warn!(what, attempts, ok = result.is_ok(), "contended transaction");
+            {
+                Ok(value) => state.commit().await.map(|()| value),
+                Err(error) => {
+                    state.rollback().await;
+                    Err(error)
+                }
+            };
+            let error = match result {
+                Ok(value) => {
+                    if attempt > 1 {
+                        tracing::warn!(
+                            what,
+                            attempts = attempt,
+                            ok = true,
+                            "contended transaction"
+                        );
+                    }
+                    return Ok(value);
+                }
+                Err(error) => error,
+            };
+            let delay = if error.is_transient() && attempt <= TRANSACTION_RETRIES {
+                backoff::backoff::Backoff::next_backoff(&mut backoff)
+            } else {
+                None
+            };
+            let Some(delay) = delay else {
+                if attempt > 1 {
+                    tracing::warn!(
+                        what,
+                        attempts = attempt,
+                        ok = false,
+                        "contended transaction"
+                    );
+                }
+                return Err(StoreError {
+                    context: format!("transaction {what}: {}", error.context),
+                    source: error.source,
+                });
+            };
+            tokio::time::sleep(delay).await;
+            retry_of = state.id;
         }
-        result
+    }
+}
+
+/// Retries of a transaction, at most, and for how long.
+const TRANSACTION_RETRIES: u32 = 12;
+const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(45);
+
+/// One attempt of a transaction: its id once begun, what it read, what it will write.
+struct Attempt {
+    db: FirestoreDb,
+    /// Set by the first read, which begins the transaction.
+    id: Option<Vec<u8>>,
+    /// The attempt this one retries (Firestore gives a retry priority on the locks).
+    retry_of: Option<Vec<u8>>,
+    /// Documents read in this attempt, by full name (`None`: there is none).
+    read: HashMap<String, Option<Document>>,
+    writes: Writes,
+}
+
+impl Attempt {
+    /// Commits the queued writes: in the transaction if a read began one (which also releases
+    /// its locks when there is nothing to write), otherwise as one atomic commit.
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        use firestore::gcloud_sdk::google::firestore::v1::CommitRequest;
+        if self.id.is_none() && self.writes.writes.is_empty() {
+            return Ok(());
+        }
+        let request = CommitRequest {
+            database: self.db.get_database_path().clone(),
+            writes: std::mem::take(&mut self.writes.writes),
+            transaction: self.id.clone().unwrap_or_default(),
+            request_options: None,
+        };
+        self.db
+            .client()
+            .get()
+            .commit(request)
+            .await
+            .map_err(FirestoreError::from)
+            .context("committing")?;
+        Ok(())
+    }
+
+    /// Releases a begun transaction's locks after `f` failed (the emulator's are pessimistic).
+    async fn rollback(&mut self) {
+        use firestore::gcloud_sdk::google::firestore::v1::RollbackRequest;
+        let Some(id) = self.id.clone() else {
+            return;
+        };
+        let request = RollbackRequest {
+            database: self.db.get_database_path().clone(),
+            transaction: id,
+            request_options: None,
+        };
+        if let Err(error) = self.db.client().get().rollback(request).await {
+            tracing::debug!(%error, "rollback failed; the transaction expires on its own");
+        }
+    }
+}
+
+/// Queued writes, built by the `firestore` crate's fluent API as it builds a transaction's.
+struct Writes {
+    documents_path: String,
+    writes: Vec<firestore::gcloud_sdk::google::firestore::v1::Write>,
+}
+
+impl FirestoreTransactionOps for Writes {
+    fn add<I>(&mut self, write: I) -> firestore::FirestoreResult<&mut Self>
+    where
+        I: TryInto<firestore::gcloud_sdk::google::firestore::v1::Write, Error = FirestoreError>,
+    {
+        self.writes.push(write.try_into()?);
+        Ok(self)
+    }
+
+    fn get_documents_path(&self) -> &String {
+        &self.documents_path
     }
 }
 
 /// A transaction in progress: reads see the transaction's snapshot, writes are queued and
 /// committed together.
-pub struct Tx<'b, 'c> {
-    db: FirestoreDb,
-    txn: &'b mut FirestoreTransaction<'c>,
-    /// Documents read ahead in this attempt, by full name (`None`: there is none).
-    read: HashMap<String, Option<Document>>,
+pub struct Tx<'b> {
+    attempt: &'b mut Attempt,
 }
 
-impl Tx<'_, '_> {
-    /// One document by id, `None` if there is none: from what [`Tx::read_ahead`] read, if it
-    /// read this one, otherwise from Firestore.
-    pub async fn get<T>(&self, collection: &str, id: &str) -> Result<Option<T>, StoreError>
+impl Tx<'_> {
+    /// One document by id, `None` if there is none: from what this transaction already read
+    /// (see [`Tx::read_ahead`]), otherwise read now.
+    pub async fn get<T>(&mut self, collection: &str, id: &str) -> Result<Option<T>, StoreError>
     where
         T: DeserializeOwned + Send,
     {
-        match self.read.get(&self.name(collection, id)) {
+        let what = || format!("reading {collection}/{id} in a transaction");
+        if !(valid_segment(collection) && valid_segment(id)) {
+            return Err(StoreError {
+                context: what(),
+                source: FirestoreError::InvalidParametersError(
+                    firestore::errors::FirestoreInvalidParametersError::new(
+                        firestore::errors::FirestoreInvalidParametersPublicDetails::new(
+                            "document id".into(),
+                            format!("{id:?} is not a document id"),
+                        ),
+                    ),
+                ),
+            });
+        }
+        let name = self.name(collection, id);
+        if !self.attempt.read.contains_key(&name) {
+            self.read_ahead(&[(collection, id)]).await?;
+        }
+        match self.attempt.read.get(&name) {
             Some(Some(doc)) => FirestoreDb::deserialize_doc_to::<T>(doc)
                 .map(Some)
-                .context(format!("decoding {collection}/{id} in a transaction")),
-            Some(None) => Ok(None),
-            None => get_one(&self.db, collection, id, " in a transaction").await,
+                .context(what()),
+            _ => Ok(None),
         }
     }
 
-    /// Reads `docs` (collection, id) in one round trip, in the transaction, so a step that
-    /// knows from its event what it will read pays one read instead of one per document.
-    /// Later [`Tx::get`]s of them are answered from this read: the same snapshot a get
-    /// would see, since a transaction does not read its own queued writes.
+    /// Reads `docs` (collection, id) in one round trip, in the transaction (beginning it, if
+    /// this is its first read), so a step that knows from its event what it will read pays one
+    /// read instead of one per document. Later [`Tx::get`]s of them are answered from this
+    /// read: the same snapshot a get would see, since a transaction does not read its own
+    /// queued writes.
     pub async fn read_ahead(&mut self, docs: &[(&str, &str)]) -> Result<(), StoreError> {
         use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
         use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_request::ConsistencySelector;
         use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_response::Result as Read;
-        let what = || format!("reading {} documents ahead in a transaction", docs.len());
+        let what = || format!("reading {} documents in a transaction", docs.len());
         // An id that is not a single path segment is left to `get`, which refuses it.
-        let names: Vec<String> = docs
+        let mut names: Vec<String> = docs
             .iter()
             .filter(|(collection, id)| valid_segment(collection) && valid_segment(id))
             .map(|(collection, id)| self.name(collection, id))
-            .filter(|name| !self.read.contains_key(name))
+            .filter(|name| !self.attempt.read.contains_key(name))
             .collect();
+        names.sort_unstable();
+        names.dedup();
         if names.is_empty() {
             return Ok(());
         }
-        // The fluent API batch-gets from one collection only, so this is the raw request,
-        // through the crate's `client()` escape hatch (its gcloud-sdk types are pinned by
-        // Cargo.lock, outside the crate's semver promise).
+        let selector = match &self.attempt.id {
+            Some(id) => ConsistencySelector::Transaction(id.clone()),
+            None => {
+                let mode = match &self.attempt.retry_of {
+                    Some(id) => FirestoreTransactionMode::ReadWriteRetry(id.clone()),
+                    None => FirestoreTransactionMode::ReadWrite,
+                };
+                ConsistencySelector::NewTransaction(
+                    FirestoreTransactionOptions::new()
+                        .with_mode(mode)
+                        .try_into()
+                        .context(what())?,
+                )
+            }
+        };
+        // The fluent API batch-gets from one collection only and cannot begin a transaction,
+        // so this is the raw request, through the crate's `client()` escape hatch (its
+        // gcloud-sdk types are pinned by Cargo.lock, outside the crate's semver promise).
         let request = BatchGetDocumentsRequest {
-            database: self.db.get_database_path().clone(),
+            database: self.attempt.db.get_database_path().clone(),
             documents: names,
             mask: None,
             request_options: None,
-            consistency_selector: Some(ConsistencySelector::Transaction(
-                self.txn.transaction_id().clone(),
-            )),
+            consistency_selector: Some(selector),
         };
         let mut responses = self
+            .attempt
             .db
             .client()
             .get()
@@ -585,21 +728,39 @@ impl Tx<'_, '_> {
             .map_err(FirestoreError::from)
             .context(what())?
         {
+            // The first response names the transaction the request began.
+            if self.attempt.id.is_none() && !response.transaction.is_empty() {
+                self.attempt.id = Some(response.transaction);
+            }
             match response.result {
                 Some(Read::Found(doc)) => {
-                    self.read.insert(doc.name.clone(), Some(doc));
+                    self.attempt.read.insert(doc.name.clone(), Some(doc));
                 }
                 Some(Read::Missing(name)) => {
-                    self.read.insert(name, None);
+                    self.attempt.read.insert(name, None);
                 }
                 None => {}
             }
+        }
+        if self.attempt.id.is_none() {
+            return Err(StoreError {
+                context: what(),
+                source: FirestoreError::DatabaseError(
+                    firestore::errors::FirestoreDatabaseError::new(
+                        firestore::errors::FirestoreErrorPublicGenericDetails::new(
+                            "no-transaction".into(),
+                        ),
+                        "the read did not begin a transaction".into(),
+                        false,
+                    ),
+                ),
+            });
         }
         Ok(())
     }
 
     fn name(&self, collection: &str, id: &str) -> String {
-        format!("{}/{collection}/{id}", self.db.get_documents_path())
+        format!("{}/{collection}/{id}", self.attempt.db.get_documents_path())
     }
 
     /// Queues a whole-document write (create or replace).
@@ -607,13 +768,14 @@ impl Tx<'_, '_> {
     where
         T: Serialize + DeserializeOwned + Sync + Send,
     {
-        self.db
+        self.attempt
+            .db
             .fluent()
             .update()
             .in_col(collection)
             .document_id(id)
             .object(doc)
-            .add_to_transaction(self.txn)
+            .add_to_transaction(&mut self.attempt.writes)
             .context(format!("queuing a write of {collection}/{id}"))?;
         Ok(())
     }

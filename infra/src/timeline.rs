@@ -124,7 +124,7 @@ fn stored(entries: Vec<TimelineEntry>) -> Stored {
 
 /// Queues a step's entries (what it consumed, then what it emitted) on its transaction, as
 /// one document named after the first.
-pub fn stage(tx: &mut Tx<'_, '_>, entries: Vec<TimelineEntry>) -> Result<(), StoreError> {
+pub fn stage(tx: &mut Tx<'_>, entries: Vec<TimelineEntry>) -> Result<(), StoreError> {
     let Some(first) = entries.first() else {
         return Ok(());
     };

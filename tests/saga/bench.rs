@@ -81,11 +81,20 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         stdout.contains("warm-up            5 spread orders"),
         "{stdout}"
     );
+    let mut sum_of_peaks = 0.0;
     for function in ["frontend", "order", "inventory", "payments", "janitor"] {
         let f = &result["functions"][function];
         assert!(f["peak_rss_mib"].as_f64().unwrap() > 0.0, "{function}: {f}");
         assert!(f["ready_ms"].as_f64().is_some(), "{function}: {f}");
+        sum_of_peaks += f["peak_rss_mib"].as_f64().unwrap();
     }
+    // The five at one instant hold no more than each one's own peak added up.
+    let at_once = result["five_rss_at_once_peak_mib"].as_f64().unwrap();
+    assert!(
+        at_once > 0.0 && at_once <= sum_of_peaks + 0.1,
+        "at once {at_once}, sum of peaks {sum_of_peaks}"
+    );
+    assert!(stdout.contains("RSS at once peak"), "{stdout}");
     assert!(
         result["emulators"].as_object().unwrap().len() == 2,
         "{result}"

@@ -13,3 +13,4 @@ mod helpers;
 mod observability;
 mod push_auth;
 mod saga_up;
+mod transactions;

@@ -102,7 +102,7 @@ pub fn plan_shards(visited: &[(u32, i64)], quantity: i64) -> Option<Vec<Allocati
 /// Records the reservation (with the shards it took from, if any), moves the order to
 /// INVENTORY_RESERVED and emits `inventory-reserved`.
 fn reserved(
-    tx: &mut Tx<'_, '_>,
+    tx: &mut Tx<'_>,
     order: OrderDoc,
     details: &OrderDetails,
     allocations: Vec<Allocation>,
@@ -163,7 +163,7 @@ impl Step for InventoryStep {
 
     fn run<'a>(
         &'a self,
-        tx: &'a mut Tx<'_, '_>,
+        tx: &'a mut Tx<'_>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         async move {

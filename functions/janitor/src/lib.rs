@@ -72,7 +72,7 @@ impl Step for JanitorStep {
 
     fn run<'a>(
         &'a self,
-        tx: &'a mut Tx<'_, '_>,
+        tx: &'a mut Tx<'_>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         async move {
@@ -107,7 +107,7 @@ impl Step for DeadLetterStep {
 
     fn run<'a>(
         &'a self,
-        tx: &'a mut Tx<'_, '_>,
+        tx: &'a mut Tx<'_>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         async move {
@@ -137,7 +137,7 @@ fn compensation_reads(event: &Event) -> Vec<(&'static str, String)> {
 
 /// Undoes what was done for the order, in the step's transaction.
 async fn compensate(
-    tx: &mut Tx<'_, '_>,
+    tx: &mut Tx<'_>,
     id: &str,
     details: &OrderDetails,
     reason: FailureReason,

@@ -41,7 +41,7 @@ impl Step for OrderStep {
 
     fn run<'a>(
         &'a self,
-        tx: &'a mut Tx<'_, '_>,
+        tx: &'a mut Tx<'_>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         async move {

@@ -71,7 +71,7 @@ impl Step for PaymentsStep {
 
     fn run<'a>(
         &'a self,
-        tx: &'a mut Tx<'_, '_>,
+        tx: &'a mut Tx<'_>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         async move {
