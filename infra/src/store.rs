@@ -1,8 +1,8 @@
-//! Firestore: the connection, the documents the saga keeps, and a small transaction wrapper.
+//! Firestore: the connection, the documents the saga keeps, and a small transaction runner.
 //!
 //! Every read a decision depends on and every write it makes happen in one transaction; the
-//! wrapper retries contention (the emulator aborts contended transactions with "lock timeout")
-//! and reports it.
+//! runner begins it with its first read (no round trip of its own), retries contention (the
+//! emulator aborts contended transactions with "lock timeout") and reports it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -479,9 +479,8 @@ impl Store {
         T: Send + 'static,
         F: for<'b> Fn(Tx<'b>) -> BoxFuture<'b, Result<T, StoreError>> + Send + Sync,
     {
-        let mut backoff = backoff::ExponentialBackoffBuilder::new()
-            .with_max_elapsed_time(Some(TRANSACTION_RETRY_FOR))
-            .build();
+        // Built at the first failure, so that the time allowed for retries counts from there.
+        let mut backoff = None;
         let mut retry_of = None;
         let mut attempt = 0;
         loop {
@@ -525,7 +524,12 @@ impl Store {
                 Err(error) => error,
             };
             let delay = if error.is_transient() && attempt <= TRANSACTION_RETRIES {
-                backoff::backoff::Backoff::next_backoff(&mut backoff)
+                let backoff = backoff.get_or_insert_with(|| {
+                    backoff::ExponentialBackoffBuilder::new()
+                        .with_max_elapsed_time(Some(TRANSACTION_RETRY_FOR))
+                        .build()
+                });
+                backoff::backoff::Backoff::next_backoff(backoff)
             } else {
                 None
             };
