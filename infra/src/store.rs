@@ -344,77 +344,40 @@ impl Store {
         get_one(&self.db, collection, id, "").await
     }
 
-    /// Marks these outbox records published: two fields each (never a rewrite of the record),
-    /// each on the condition that the record exists, in one atomic commit. If that fails for
-    /// good (a record is missing, which should not happen), one batch write, whose writes
-    /// succeed or fail one by one, marks the others.
-    ///
-    /// A commit, not a batch write, first: the Firestore emulator applies each write of a batch
-    /// write on its own, and profiled at c=20 it spent 16.6 % of its CPU on the marks' batch
-    /// writes against 35 % on every step's commits, which write several times as many
-    /// documents (docs/benchmarks.md).
+    /// Marks these outbox records published, in one batch write of two fields each (never a
+    /// rewrite of the record), each on the condition that the record exists.
     pub async fn mark_published(
         &self,
         event_ids: &[String],
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        use firestore::gcloud_sdk::google::firestore::v1::CommitRequest;
-        let mut writes = Writes {
-            documents_path: self.db.get_documents_path().clone(),
-            writes: Vec::new(),
-        };
-        for id in event_ids {
-            writes
-                .update_object(
-                    collections::OUTBOX,
-                    id,
-                    &Published::at(at),
-                    Some(Published::FIELDS.map(str::to_owned).to_vec()),
-                    Some(FirestoreWritePrecondition::Exists(true)),
-                    vec![],
-                )
-                .context(marking(event_ids))?;
+        #[derive(Serialize, Deserialize)]
+        struct Published {
+            published: bool,
+            #[serde(with = "firestore::serialize_as_timestamp")]
+            published_at: Timestamp,
         }
-        let request = CommitRequest {
-            database: self.db.get_database_path().clone(),
-            writes: writes.writes,
-            transaction: Vec::new(),
-            request_options: None,
+        let what = || match event_ids {
+            [one] => format!("marking {}/{one} published", collections::OUTBOX),
+            many => format!(
+                "marking {} {} records published",
+                many.len(),
+                collections::OUTBOX
+            ),
         };
-        let committed = self
-            .db
-            .client()
-            .get()
-            .commit(request)
-            .await
-            .map_err(FirestoreError::from)
-            .context(marking(event_ids));
-        match committed {
-            Ok(_) => Ok(()),
-            Err(error) if event_ids.len() > 1 && !error.is_transient() => {
-                tracing::warn!(%error, "marking one by one");
-                self.mark_published_one_by_one(event_ids, at).await
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    /// [`Store::mark_published`] as one batch write: each mark succeeds or fails on its own.
-    async fn mark_published_one_by_one(
-        &self,
-        event_ids: &[String],
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        let what = || marking(event_ids);
         let writer = self.db.create_simple_batch_writer().await.context(what())?;
         let mut batch = writer.new_batch();
+        let published = Published {
+            published: true,
+            published_at: at,
+        };
         for id in event_ids {
             batch
                 .update_object(
                     collections::OUTBOX,
                     id,
-                    &Published::at(at),
-                    Some(Published::FIELDS.map(str::to_owned).to_vec()),
+                    &published,
+                    Some(vec!["published".to_owned(), "published_at".to_owned()]),
                     Some(FirestoreWritePrecondition::Exists(true)),
                     vec![],
                 )
@@ -664,36 +627,6 @@ impl FirestoreTransactionOps for Writes {
 
     fn get_documents_path(&self) -> &String {
         &self.documents_path
-    }
-}
-
-/// The two fields a mark writes on an outbox record.
-#[derive(Serialize, Deserialize)]
-struct Published {
-    published: bool,
-    #[serde(with = "firestore::serialize_as_timestamp")]
-    published_at: Timestamp,
-}
-
-impl Published {
-    const FIELDS: [&str; 2] = ["published", "published_at"];
-
-    fn at(at: Timestamp) -> Published {
-        Published {
-            published: true,
-            published_at: at,
-        }
-    }
-}
-
-fn marking(event_ids: &[String]) -> String {
-    match event_ids {
-        [one] => format!("marking {}/{one} published", collections::OUTBOX),
-        many => format!(
-            "marking {} {} records published",
-            many.len(),
-            collections::OUTBOX
-        ),
     }
 }
 
