@@ -1,9 +1,11 @@
-//! `Store::transaction` on the Firestore emulator: the transaction begins with its first read
-//! (no `BeginTransaction` of its own), and that read is what isolates it.
+//! The store on the Firestore emulator: `Store::transaction`, which begins with its first
+//! read (no `BeginTransaction` of its own), that read being what isolates it; and the
+//! outbox marks, written together, each on its own.
 
 use futures::FutureExt;
+use jiff::Timestamp;
 use saga_infra::config::Endpoint;
-use saga_infra::store::{Store, StoreError, UserDoc, collections};
+use saga_infra::store::{OutboxRecord, Store, StoreError, UserDoc, collections};
 use uuid::Uuid;
 
 use crate::helpers::hosts;
@@ -130,4 +132,56 @@ async fn reads_of_missing_and_repeated_documents_in_one_transaction() {
         .await
         .expect("reading");
     assert_eq!(seen, (Some(3), None));
+}
+
+fn outbox_record(event_id: &str) -> OutboxRecord {
+    let now = Timestamp::now();
+    OutboxRecord {
+        event_id: event_id.to_owned(),
+        order_id: "o".into(),
+        topic: "order-created".into(),
+        payload: "{}".into(),
+        attributes: Default::default(),
+        published: false,
+        created_at: now,
+        published_at: None,
+        expire_at: now,
+    }
+}
+
+async fn published(store: &Store, event_id: &str) -> Option<bool> {
+    store
+        .get::<OutboxRecord>(collections::OUTBOX, event_id)
+        .await
+        .expect("reading an outbox record")
+        .map(|r| r.published && r.published_at.is_some())
+}
+
+#[tokio::test]
+async fn marks_are_written_together_and_a_missing_record_does_not_hold_back_the_others() {
+    // Given three outbox records
+    let store = fresh_store().await;
+    for id in ["e1", "e2", "e3"] {
+        store
+            .set(collections::OUTBOX, id, &outbox_record(id))
+            .await
+            .unwrap();
+    }
+    // When two are marked together, then both are, and nothing else changed
+    store
+        .mark_published(&["e1".into(), "e2".into()], Timestamp::now())
+        .await
+        .expect("marking");
+    assert_eq!(published(&store, "e1").await, Some(true));
+    assert_eq!(published(&store, "e2").await, Some(true));
+    assert_eq!(published(&store, "e3").await, Some(false));
+    // When a mark names a record that does not exist, then the others are still marked, the
+    // missing one is not created, and the error names it
+    let error = store
+        .mark_published(&["e3".into(), "ghost".into()], Timestamp::now())
+        .await
+        .expect_err("one record is missing");
+    assert!(error.to_string().contains("ghost"), "{error}");
+    assert_eq!(published(&store, "e3").await, Some(true));
+    assert_eq!(published(&store, "ghost").await, None);
 }
