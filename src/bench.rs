@@ -163,8 +163,8 @@ pub struct BenchResult {
     pub driver_cpu_s_per_1000_orders: f64,
     /// The five functions' RSS summed at one instant, the highest sum seen (sampled every
     /// [`RSS_SAMPLE_EVERY`] over the warm-up and the measured orders): what they hold
-    /// resident together. The sum of each one's own peak overstates it, as the peaks come at
-    /// different moments.
+    /// resident together. The sum of each one's own peak is an upper bound: it may add peaks
+    /// that came at different moments.
     #[serde(default)]
     pub five_rss_at_once_peak_mib: f64,
     pub floor: Option<Floor>,
@@ -298,12 +298,18 @@ impl RssSumSampler {
         pids.iter().map(|p| procfs::rss_kib(*p).0).sum()
     }
 
-    /// The highest sum seen, in KiB (with one last sample).
+    /// The highest sum seen, in KiB (with one last sample); sampling stops.
     fn stop(self) -> u64 {
-        self.task.abort();
         self.peak_kib
             .load(Ordering::Relaxed)
             .max(Self::sum(&self.pids))
+    }
+}
+
+impl Drop for RssSumSampler {
+    /// Also when a run ends early with an error.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -88,10 +88,11 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         assert!(f["ready_ms"].as_f64().is_some(), "{function}: {f}");
         sum_of_peaks += f["peak_rss_mib"].as_f64().unwrap();
     }
-    // The five at one instant hold no more than each one's own peak added up.
+    // The five at one instant hold no more than each one's own peak added up (give or take
+    // the rounding of six figures to 0.1 MiB).
     let at_once = result["five_rss_at_once_peak_mib"].as_f64().unwrap();
     assert!(
-        at_once > 0.0 && at_once <= sum_of_peaks + 0.1,
+        at_once > 0.0 && at_once <= sum_of_peaks + 0.3,
         "at once {at_once}, sum of peaks {sum_of_peaks}"
     );
     assert!(stdout.contains("RSS at once peak"), "{stdout}");
