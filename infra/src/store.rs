@@ -271,34 +271,16 @@ impl<T> Context<T> for Result<T, FirestoreError> {
     }
 }
 
-/// One document by id, `None` if there is none; `db` may be bound to a transaction.
-///
-/// This is a batch get of one id, not a plain get: to a batch get a missing document is an
-/// answer, to a plain get it is a NOT_FOUND error, which the Firestore emulator builds, logs
-/// with a stack trace, and pipes through gcloud. Every step's idempotency check reads a
-/// record that is usually missing, so that was four stack traces per order and a large share
-/// of the emulator's CPU (see docs/benchmarks.md).
-async fn get_one<T>(
-    db: &FirestoreDb,
-    collection: &str,
-    id: &str,
-    where_: &str,
-) -> Result<Option<T>, StoreError>
-where
-    T: DeserializeOwned + Send,
-{
-    let what = || format!("reading {collection}/{id}{where_}");
-    let mut found = db
-        .fluent()
-        .select()
-        .by_id_in(collection)
-        .obj::<T>()
-        .batch_with_errors([id])
-        .await
-        .context(what())?;
-    match found.next().await {
-        Some(item) => Ok(item.context(what())?.1),
-        None => Ok(None),
+/// A failure Firestore did not report itself (what the saga's own checks of its answers
+/// found): `retry` says whether trying again may help.
+fn failure(context: String, code: &str, message: String, retry: bool) -> StoreError {
+    StoreError {
+        context,
+        source: FirestoreError::DatabaseError(firestore::errors::FirestoreDatabaseError::new(
+            firestore::errors::FirestoreErrorPublicGenericDetails::new(code.into()),
+            message,
+            retry,
+        )),
     }
 }
 
@@ -337,11 +319,30 @@ impl Store {
         &self.db
     }
 
+    /// One document by id, `None` if there is none.
+    ///
+    /// This is a batch get of one id, not a plain get: to a batch get a missing document is
+    /// an answer, to a plain get it is a NOT_FOUND error, which the Firestore emulator builds,
+    /// logs with a stack trace, and pipes through gcloud (in a transaction, [`Tx::get`] reads
+    /// the same way, for the same reason: see docs/benchmarks.md).
     pub async fn get<T>(&self, collection: &str, id: &str) -> Result<Option<T>, StoreError>
     where
         T: DeserializeOwned + Send,
     {
-        get_one(&self.db, collection, id, "").await
+        let what = || format!("reading {collection}/{id}");
+        let mut found = self
+            .db
+            .fluent()
+            .select()
+            .by_id_in(collection)
+            .obj::<T>()
+            .batch_with_errors([id])
+            .await
+            .context(what())?;
+        match found.next().await {
+            Some(item) => Ok(item.context(what())?.1),
+            None => Ok(None),
+        }
     }
 
     /// Marks these outbox records published, in one batch write of two fields each (never a
@@ -395,19 +396,17 @@ impl Store {
         if failed.is_empty() {
             return Ok(());
         }
-        Err(StoreError {
-            context: what(),
-            source: FirestoreError::DatabaseError(firestore::errors::FirestoreDatabaseError::new(
-                firestore::errors::FirestoreErrorPublicGenericDetails::new("batch-write".into()),
-                format!(
-                    "{} of {} writes failed: {}",
-                    failed.len(),
-                    event_ids.len(),
-                    failed.join("; ")
-                ),
-                true,
-            )),
-        })
+        Err(failure(
+            what(),
+            "batch-write",
+            format!(
+                "{} of {} writes failed: {}",
+                failed.len(),
+                event_ids.len(),
+                failed.join("; ")
+            ),
+            true,
+        ))
     }
 
     /// Writes the whole document, creating or replacing it.
@@ -747,18 +746,12 @@ impl Tx<'_> {
             }
         }
         if self.attempt.id.is_none() {
-            return Err(StoreError {
-                context: what(),
-                source: FirestoreError::DatabaseError(
-                    firestore::errors::FirestoreDatabaseError::new(
-                        firestore::errors::FirestoreErrorPublicGenericDetails::new(
-                            "no-transaction".into(),
-                        ),
-                        "the read did not begin a transaction".into(),
-                        false,
-                    ),
-                ),
-            });
+            return Err(failure(
+                what(),
+                "no-transaction",
+                "the read did not begin a transaction".into(),
+                false,
+            ));
         }
         Ok(())
     }
