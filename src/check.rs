@@ -64,10 +64,10 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// [`check`] of a settled project, given up to `patience` to settle: a step's answer can
-/// follow its order's last status by the time it takes to publish and mark its event (and,
-/// when its mark is batched, until the last delivery in flight ends), so an outbox record may
-/// be seen unmarked for a moment after the saga looks over.
+/// [`check`] of a settled project, given up to `patience` to settle: a step's event is
+/// published after the commit of its order's last status, and marked published in the
+/// background up to [`saga_infra::outbox::MARK_LINGER`] later, so an outbox record may be
+/// seen unmarked for a moment after the saga looks over.
 pub async fn check_settled(
     store: &Store,
     baseline: &Baseline,

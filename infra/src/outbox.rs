@@ -3,14 +3,13 @@
 //! record (a redelivery of the same push, or the sweep) publishes it again with the same id.
 //!
 //! The mark only tells the sweep not to publish again, so a delivery does not wait for its
-//! own: [`Marks`] writes them in batches, when the last delivery in flight in the process
-//! ends (or a batch is full). At low load that is each delivery's own mark, before its
-//! answer, as if unbatched; under load one write carries many. A mark that is lost (a crash
-//! before the batch, a failed write) costs one republish by the sweep, which every consumer
-//! absorbs as a duplicate.
+//! own: [`Marks`] writes them in the background, in batches, [`MARK_LINGER`] after the first
+//! of a batch is queued. A mark that is lost (a crash before its batch, a failed write)
+//! costs one republish by the sweep, which every consumer absorbs as a duplicate.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -68,7 +67,7 @@ pub async fn deliver(
 }
 
 /// Publishes a committed record and queues its mark on `marks`, to be written with others
-/// (see [`Marks`]). Call it within [`Marks::scope`].
+/// in the background (see [`Marks`]).
 pub async fn deliver_batched(
     publisher: &EventPublisher,
     marks: &Marks,
@@ -93,14 +92,22 @@ async fn publish(
     Ok(message_id)
 }
 
-/// Most marks written in one batch (Firestore allows 500 writes in one).
-const MARK_BATCH: usize = 100;
+/// Most marks written in one batch write (Firestore's limit on writes in one request).
+const MARK_BATCH: usize = 500;
 
-/// The marks of a process's published records, written in batches: each delivery runs in a
-/// [`Marks::scope`], queues its mark with [`Marks::defer`], and the last scope to end (or the
-/// one that fills a batch) writes every queued mark before it answers. Nothing is written in
-/// the background, so a Cloud Run instance whose CPU is throttled between requests leaves
-/// nothing pending once it is idle.
+/// How long a queued mark waits for others to share its write. A mark only spares the sweep
+/// a republish, so it may wait; under load one write carries the marks of every delivery
+/// that ended meanwhile.
+pub const MARK_LINGER: Duration = Duration::from_millis(100);
+
+/// The marks of a process's published records, written in the background, off every
+/// delivery's answer: the first mark queued after a write schedules the next one,
+/// [`MARK_LINGER`] later, and every mark queued until then rides along.
+///
+/// On Cloud Run, an instance whose CPU is throttled between requests writes them when its
+/// next request (or the sweep's) wakes it, and at the latest on SIGTERM ([`Marks::flush`]
+/// in the shutdown path). A mark lost with a crashed instance costs one republish by the
+/// sweep, which every consumer absorbs as a duplicate.
 #[derive(Clone)]
 pub struct Marks {
     inner: Arc<MarksInner>,
@@ -114,48 +121,28 @@ struct MarksInner {
 #[derive(Default)]
 struct MarkState {
     pending: Vec<String>,
-    in_flight: usize,
+    /// A write is scheduled and has not yet taken the pending marks.
+    scheduled: bool,
 }
 
 impl MarkState {
-    /// A delivery ends: the last one out, or the one that finds a full batch, takes every
-    /// queued mark to write.
-    fn leave(&mut self) -> Vec<String> {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if self.in_flight == 0 || self.pending.len() >= MARK_BATCH {
-            std::mem::take(&mut self.pending)
-        } else {
-            Vec::new()
-        }
+    /// Queues a mark; true when it is the first since the last write took the queue, so the
+    /// caller schedules the next write.
+    fn push(&mut self, event_id: String) -> bool {
+        self.pending.push(event_id);
+        !std::mem::replace(&mut self.scheduled, true)
+    }
+
+    /// Takes every queued mark for a write; the next mark queued schedules another.
+    fn take(&mut self) -> Vec<String> {
+        self.scheduled = false;
+        std::mem::take(&mut self.pending)
     }
 }
 
 impl std::fmt::Debug for Marks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Marks").finish_non_exhaustive()
-    }
-}
-
-/// A delivery in flight; when the last one ends, the queued marks are written.
-struct InFlight {
-    marks: Marks,
-    ended: bool,
-}
-
-impl Drop for InFlight {
-    /// A scope cancelled half-way (its client went away) still ends: if it was the last, the
-    /// marks it leaves behind are written by a task.
-    fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        let batch = self.marks.leave();
-        if !batch.is_empty()
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            let marks = self.marks.clone();
-            handle.spawn(async move { marks.write(batch).await });
-        }
     }
 }
 
@@ -169,57 +156,48 @@ impl Marks {
         }
     }
 
-    /// Runs one delivery; when it is the last in flight, or the batch is full, the queued
-    /// marks are written before it returns.
-    pub async fn scope<F: Future>(&self, delivery: F) -> F::Output {
-        let mut guard = self.enter();
-        let output = delivery.await;
-        guard.ended = true;
-        let batch = self.leave();
-        self.write(batch).await;
-        output
-    }
-
-    /// Queues the mark of a published record.
+    /// Queues the mark of a published record, to be written within [`MARK_LINGER`].
     pub fn defer(&self, event_id: String) {
-        self.state().pending.push(event_id);
-    }
-
-    fn enter(&self) -> InFlight {
-        self.state().in_flight += 1;
-        InFlight {
-            marks: self.clone(),
-            ended: false,
+        if !self.state().push(event_id) {
+            return;
+        }
+        let marks = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    tokio::time::sleep(MARK_LINGER).await;
+                    marks.flush().await;
+                });
+            }
+            // No runtime to write from: the sweep republishes it, harmlessly.
+            Err(_) => tracing::warn!("no runtime to write outbox marks from"),
         }
     }
 
-    /// Ends a delivery; returns the marks it must write (the last one out writes them all).
-    fn leave(&self) -> Vec<String> {
-        self.state().leave()
-    }
-
-    async fn write(&self, mut batch: Vec<String>) {
+    /// Writes every queued mark now (the sweep, before it looks for unpublished records; the
+    /// shutdown path, before the process ends).
+    pub async fn flush(&self) {
+        let mut batch = self.state().take();
         // Concurrent duplicates of one delivery each publish and queue the same mark; a batch
         // write may not write a document twice.
         batch.sort_unstable();
         batch.dedup();
-        if batch.is_empty() {
-            return;
-        }
-        if let Err(error) = self
-            .inner
-            .store
-            .mark_published(&batch, Timestamp::now())
-            .await
-        {
-            // Published but not marked: the outbox sweep republishes them, which is harmless
-            // (same event ids, and every consumer absorbs duplicates).
-            tracing::warn!(%error, marks = batch.len(), "published records not marked");
+        for chunk in batch.chunks(MARK_BATCH) {
+            if let Err(error) = self
+                .inner
+                .store
+                .mark_published(chunk, Timestamp::now())
+                .await
+            {
+                // Published but not marked: the outbox sweep republishes them, which is
+                // harmless (same event ids, and every consumer absorbs duplicates).
+                tracing::warn!(%error, marks = chunk.len(), "published records not marked");
+            }
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, MarkState> {
-        // The state is a counter and a list, consistent after any panic.
+        // The state is a flag and a list, consistent after any panic.
         self.inner
             .state
             .lock()
@@ -302,44 +280,28 @@ pub async fn sweep(
 mod tests {
     use super::*;
 
-    fn in_flight(n: usize) -> MarkState {
-        MarkState {
-            pending: Vec::new(),
-            in_flight: n,
-        }
-    }
-
     #[test]
-    fn a_lone_delivery_writes_its_own_mark_before_it_answers() {
-        let mut state = in_flight(1);
-        state.pending.push("e1".into());
-        assert_eq!(state.leave(), ["e1"]);
+    fn the_first_mark_schedules_a_write_and_later_ones_ride_along() {
+        let mut state = MarkState::default();
+        assert!(state.push("e1".into()), "first mark: schedule a write");
+        assert!(!state.push("e2".into()), "a write is already scheduled");
+        assert_eq!(state.take(), ["e1", "e2"]);
         assert!(state.pending.is_empty());
     }
 
     #[test]
-    fn marks_wait_for_the_last_delivery_in_flight_which_writes_them_all() {
-        let mut state = in_flight(3);
-        state.pending.push("e1".into());
-        assert!(state.leave().is_empty(), "two still in flight");
-        state.pending.push("e2".into());
-        assert!(state.leave().is_empty(), "one still in flight");
-        assert_eq!(state.leave(), ["e1", "e2"]);
-        assert_eq!(state.in_flight, 0);
+    fn a_mark_queued_after_a_write_took_the_queue_schedules_the_next() {
+        let mut state = MarkState::default();
+        assert!(state.push("e1".into()));
+        assert_eq!(state.take(), ["e1"]);
+        assert!(state.push("e2".into()), "the taken write will not carry it");
+        assert_eq!(state.take(), ["e2"]);
     }
 
     #[test]
-    fn a_full_batch_is_written_even_while_others_are_in_flight() {
-        let mut state = in_flight(5);
-        state.pending = (0..MARK_BATCH).map(|i| format!("e{i}")).collect();
-        assert_eq!(state.leave().len(), MARK_BATCH);
-        assert_eq!(state.in_flight, 4);
-    }
-
-    #[test]
-    fn a_delivery_with_nothing_to_mark_leaves_nothing_to_write() {
-        let mut state = in_flight(1);
-        assert!(state.leave().is_empty());
-        assert_eq!(state.in_flight, 0);
+    fn a_write_with_nothing_queued_takes_nothing() {
+        let mut state = MarkState::default();
+        assert!(state.take().is_empty());
+        assert!(!state.scheduled);
     }
 }

@@ -24,7 +24,7 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub store: Store,
     pub publisher: EventPublisher,
-    /// The marks of published outbox records, written in batches.
+    /// The marks of published outbox records, written in the background in batches.
     pub marks: Marks,
 }
 
@@ -192,6 +192,7 @@ async fn run(
         tracing::warn!("push authentication is DISABLED in the cloud (SAGA_PUSH_AUTH=disabled)");
     }
     let runtime = Runtime::connect(function, config.clone()).await?;
+    let marks = runtime.marks.clone();
     let server = Server::bind(function, &config, router(runtime)).await?;
     if let Some(interval) = config.sweep_interval {
         tokio::spawn(sweep_periodically(function, server.local_addr(), interval));
@@ -206,5 +207,8 @@ async fn run(
         sweep_interval_s = config.sweep_interval.map(|i| i.as_secs()),
         "{function} ready"
     );
-    server.run(shutdown).await
+    server.run(shutdown).await?;
+    // Cloud Run still gives the instance CPU after SIGTERM: write the marks it holds.
+    marks.flush().await;
+    Ok(())
 }

@@ -8,9 +8,8 @@
 //!    written); otherwise let the step decide from what was read and queue its effect, and
 //!    queue the idempotency record, the outgoing event's outbox record and the timeline
 //!    entries; commit;
-//! 3. publish the outgoing event if it is not yet published, and queue its mark (written in a
-//!    batch before this or another delivery in flight answers, see [`outbox::Marks`]);
-//!    acknowledge.
+//! 3. publish the outgoing event if it is not yet published, and queue its mark (written in
+//!    the background with others, see [`outbox::Marks`]); acknowledge.
 //!
 //! A failure in 2 or 3 answers 503, so Pub/Sub redelivers; the redelivery finds the record
 //! and publishes the pending event. (A read before the transaction would only save
@@ -211,7 +210,7 @@ pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
         .fold(Router::new(), |router, subscription| {
             route(router, &runtime, subscription, step.clone())
         });
-    protect(&runtime, router.merge(outbox_sweep_router(&runtime)))
+    push_only(&runtime, router.merge(outbox_sweep_router(&runtime)))
 }
 
 /// Adds the push endpoint of `subscription`, delivering to `step`.
@@ -229,16 +228,34 @@ pub fn route<S: Step>(
     router.route(subscription.path, post(handle::<S>).with_state(state))
 }
 
-/// Puts `router` behind push authentication when it is configured. Only Pub/Sub's push
-/// identity (and the scheduler, which uses it) calls these routes.
-pub fn protect(runtime: &Runtime, router: Router) -> Router {
-    match &runtime.config.push_auth {
+/// What every route that only Pub/Sub's push (and the scheduler, which uses its identity)
+/// calls gets: push authentication when it is configured, and, on the emulator, a connection
+/// closed after each answer.
+pub fn push_only(runtime: &Runtime, router: Router) -> Router {
+    let router = match &runtime.config.push_auth {
         PushAuth::Disabled => router,
         PushAuth::Oidc(settings) => router.layer(axum::middleware::from_fn_with_state(
             OidcVerifier::new(settings.clone()),
             require_push_token,
         )),
+    };
+    if runtime.config.pubsub.is_emulator() {
+        // The emulator opens a new connection for every push and never reuses or closes one
+        // (it does not read the response): kept alive, each would hold its buffers here until
+        // the emulator's JVM collects its socket. Cloud Run's front end reuses connections,
+        // so there they stay alive.
+        router.layer(axum::middleware::map_response(close_connection))
+    } else {
+        router
     }
+}
+
+async fn close_connection(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// `POST /internal/sweep/outbox`: republishes this function's stale outbox records.
@@ -250,6 +267,8 @@ pub fn outbox_sweep_router(runtime: &Runtime) -> Router {
 }
 
 async fn sweep_outbox(State(runtime): State<Runtime>) -> Result<Json<SweepReport>, PushError> {
+    // Marks still queued in this instance would read as unpublished.
+    runtime.marks.flush().await;
     let report = outbox::sweep(
         &runtime.store,
         &runtime.publisher,
@@ -330,22 +349,8 @@ pub async fn run_once<S: Step>(
         .await
 }
 
-/// One delivery, counted among the process's deliveries in flight (whose outbox marks are
-/// written in batches, see [`outbox::Marks`]).
+/// One delivery: the step's transaction, then the publish of what it emitted.
 async fn process<S: Step>(
-    state: &StepState<S>,
-    event: Event,
-    trace: TraceContext,
-    delivery_id: &str,
-) -> Result<Ack, PushError> {
-    state
-        .runtime
-        .marks
-        .scope(process_in_scope(state, event, trace, delivery_id))
-        .await
-}
-
-async fn process_in_scope<S: Step>(
     state: &StepState<S>,
     event: Event,
     trace: TraceContext,

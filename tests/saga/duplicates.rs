@@ -93,9 +93,17 @@ async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered
     let mut ran: Vec<&str> = steps.iter().map(|(_, s)| s.step.as_str()).collect();
     ran.sort();
     assert_eq!(ran, ["inventory", "order", "payments"]);
-    let outbox: Vec<(String, OutboxRecord)> = app.docs(collections::OUTBOX).await;
+    // Marks are written in the background, a moment after the answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let outbox = loop {
+        let outbox: Vec<(String, OutboxRecord)> = app.docs(collections::OUTBOX).await;
+        if outbox.iter().all(|(_, o)| o.published) || std::time::Instant::now() > deadline {
+            break outbox;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(outbox.len(), 3, "one outgoing event per step: {outbox:?}");
-    assert!(outbox.iter().all(|(_, o)| o.published));
+    assert!(outbox.iter().all(|(_, o)| o.published), "{outbox:?}");
     // Idempotency and outbox records expire (Terraform puts a TTL policy on expire_at).
     let week = jiff::SignedDuration::from_hours(24 * 7);
     for (_, o) in &outbox {

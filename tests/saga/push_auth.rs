@@ -1,5 +1,7 @@
-//! A function configured for push authentication (as Terraform configures it) refuses pushes
-//! without a valid token from the push service account, and processes those with one.
+//! The routes only Pub/Sub calls: a function configured for push authentication (as
+//! Terraform configures it) refuses pushes without a valid token from the push service
+//! account, and processes those with one; on the emulator, which opens a connection for
+//! every push and never reuses one, a push route closes its connection after answering.
 
 use axum::Router;
 use axum::routing::get;
@@ -10,7 +12,7 @@ use saga_infra::push_auth::OidcSettings;
 use saga_infra::topology::Function;
 use uuid::Uuid;
 
-use crate::helpers::{Options, ack_kind, spawn_app_with};
+use crate::helpers::{Options, ack_kind, spawn_app, spawn_app_with};
 
 const KEY: &[u8] = include_bytes!("../../infra/tests/fixtures/push-auth-test-key.pem");
 const JWKS: &str = include_str!("../../infra/tests/fixtures/push-auth-test-jwks.json");
@@ -101,4 +103,60 @@ async fn a_function_with_push_auth_accepts_only_the_push_identity() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn on_the_emulator_push_routes_close_their_connection_and_the_api_keeps_its_alive() {
+    let app = spawn_app().await;
+    let connection = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get(reqwest::header::CONNECTION)
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+    };
+    // A push, answered: the connection is closed, as the emulator never reuses it.
+    let event = Event::new(
+        Uuid::new_v4(),
+        EventBody::OrderRequested {
+            order: OrderDetails {
+                item: "widget".into(),
+                quantity: 1,
+                user: "jack".into(),
+                payment_error: false,
+            },
+        },
+    );
+    let body = saga_infra::push::encode("frontend-sub", "m-1", &event).to_string();
+    let push = app
+        .http
+        .post(app.url(Function::Order, "/push/frontend-sub"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), 200);
+    assert_eq!(connection(&push).as_deref(), Some("close"));
+    // The outbox sweep, which only the scheduler calls, likewise.
+    let sweep = app
+        .http
+        .post(app.url(Function::Order, Function::Order.sweep_path()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sweep.status(), 200);
+    assert_eq!(connection(&sweep).as_deref(), Some("close"));
+    // The API and the health check keep their connections for the next request.
+    let order = app
+        .post_order(&serde_json::json!({"item": "widget", "quantity": 1, "user": "jack"}))
+        .await;
+    assert_eq!(order.status(), 202);
+    assert_eq!(connection(&order), None);
+    let health = app
+        .http
+        .get(app.url(Function::Order, "/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connection(&health), None);
 }

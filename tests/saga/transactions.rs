@@ -1,10 +1,11 @@
 //! The store on the Firestore emulator: `Store::transaction`, which begins with its first
 //! read (no `BeginTransaction` of its own), that read being what isolates it; and the
-//! outbox marks, written together, each on its own.
+//! outbox marks, written together, each on its own, in the background or at once.
 
 use futures::FutureExt;
 use jiff::Timestamp;
 use saga_infra::config::Endpoint;
+use saga_infra::outbox::Marks;
 use saga_infra::store::{OutboxRecord, Store, StoreError, UserDoc, collections};
 use uuid::Uuid;
 
@@ -184,4 +185,50 @@ async fn marks_are_written_together_and_a_missing_record_does_not_hold_back_the_
     assert!(error.to_string().contains("ghost"), "{error}");
     assert_eq!(published(&store, "e3").await, Some(true));
     assert_eq!(published(&store, "ghost").await, None);
+}
+
+#[tokio::test]
+async fn queued_marks_are_written_in_the_background_without_anyone_waiting() {
+    // Given three unpublished outbox records
+    let store = fresh_store().await;
+    for id in ["e1", "e2", "e3"] {
+        store
+            .set(collections::OUTBOX, id, &outbox_record(id))
+            .await
+            .unwrap();
+    }
+    // When two marks are queued (one twice, as concurrent duplicates do) and no one waits
+    let marks = Marks::new(store.clone());
+    for id in ["e1", "e2", "e1"] {
+        marks.defer(id.into());
+    }
+    // Then both are written by themselves, and the third record is untouched
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while published(&store, "e2").await != Some(true) || published(&store, "e1").await != Some(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queued marks never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(published(&store, "e3").await, Some(false));
+}
+
+#[tokio::test]
+async fn a_flush_writes_the_queued_marks_before_it_returns() {
+    // Given an unpublished outbox record whose mark is queued
+    let store = fresh_store().await;
+    store
+        .set(collections::OUTBOX, "e1", &outbox_record("e1"))
+        .await
+        .unwrap();
+    let marks = Marks::new(store.clone());
+    marks.defer("e1".into());
+    // When the marks are flushed (the sweep, SIGTERM), then the record is marked already
+    marks.flush().await;
+    assert_eq!(published(&store, "e1").await, Some(true));
+    // And the write the mark had scheduled finds nothing left to do
+    marks.flush().await;
+    assert_eq!(published(&store, "e1").await, Some(true));
 }

@@ -35,7 +35,7 @@ use live::Live;
 use validate::FieldError;
 
 pub fn router(runtime: Runtime) -> Router {
-    let sweep = step::protect(&runtime, step::outbox_sweep_router(&runtime));
+    let sweep = step::push_only(&runtime, step::outbox_sweep_router(&runtime));
     let live = Live::new(REFRESH);
     Router::new()
         .route("/", get(page))
@@ -234,10 +234,8 @@ async fn create_order(
         span_id = %trace.span_id_hex(),
         parent_span_id = trace.parent_span_id_hex(),
     );
-    // Counted among the requests in flight, whose outbox marks are written in batches.
-    let marks = rt.marks.clone();
-    marks
-        .scope(accept(rt, order, key, order_id, trace).instrument(span))
+    accept(rt, order, key, order_id, trace)
+        .instrument(span)
         .await
 }
 

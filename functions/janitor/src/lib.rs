@@ -288,7 +288,7 @@ pub fn router(runtime: Runtime) -> Router {
             Function::Janitor.sweep_path(),
             post(sweep_timeouts).with_state(runtime.clone()),
         );
-    step::protect(&runtime, router)
+    step::push_only(&runtime, router)
 }
 
 /// What a timeout sweep did.
