@@ -37,6 +37,22 @@ fn token(audience: &str, email: &str) -> String {
     encode(&header, &claims, &EncodingKey::from_rsa_pem(KEY).unwrap()).unwrap()
 }
 
+/// The body of a push of a new order's `order-requested` event to `frontend-sub`.
+fn order_requested_push() -> String {
+    let event = Event::new(
+        Uuid::new_v4(),
+        EventBody::OrderRequested {
+            order: OrderDetails {
+                item: "widget".into(),
+                quantity: 1,
+                user: "jack".into(),
+                payment_error: false,
+            },
+        },
+    );
+    saga_infra::push::encode("frontend-sub", "m-1", &event).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_with_push_auth_accepts_only_the_push_identity() {
     let audience = "https://saga-order-1.europe-west1.run.app";
@@ -51,18 +67,7 @@ async fn a_function_with_push_auth_accepts_only_the_push_identity() {
     let port = app.ports[&Function::Order];
     app.start(Function::Order, port).await;
 
-    let event = Event::new(
-        Uuid::new_v4(),
-        EventBody::OrderRequested {
-            order: OrderDetails {
-                item: "widget".into(),
-                quantity: 1,
-                user: "jack".into(),
-                payment_error: false,
-            },
-        },
-    );
-    let body = saga_infra::push::encode("frontend-sub", "m-1", &event).to_string();
+    let body = order_requested_push();
     let url = app.url(Function::Order, "/push/frontend-sub");
     let send = |authorization: Option<String>| {
         let mut request = app
@@ -115,18 +120,7 @@ async fn on_the_emulator_push_routes_close_their_connection_and_the_api_keeps_it
             .map(|v| v.to_str().unwrap_or_default().to_owned())
     };
     // A push, answered: the connection is closed, as the emulator never reuses it.
-    let event = Event::new(
-        Uuid::new_v4(),
-        EventBody::OrderRequested {
-            order: OrderDetails {
-                item: "widget".into(),
-                quantity: 1,
-                user: "jack".into(),
-                payment_error: false,
-            },
-        },
-    );
-    let body = saga_infra::push::encode("frontend-sub", "m-1", &event).to_string();
+    let body = order_requested_push();
     let push = app
         .http
         .post(app.url(Function::Order, "/push/frontend-sub"))

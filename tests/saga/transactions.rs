@@ -150,6 +150,18 @@ fn outbox_record(event_id: &str) -> OutboxRecord {
     }
 }
 
+/// A fresh project with an unpublished outbox record for each of `ids`.
+async fn store_with_outbox(ids: &[&str]) -> Store {
+    let store = fresh_store().await;
+    for id in ids {
+        store
+            .set(collections::OUTBOX, id, &outbox_record(id))
+            .await
+            .expect("writing an outbox record");
+    }
+    store
+}
+
 async fn published(store: &Store, event_id: &str) -> Option<bool> {
     store
         .get::<OutboxRecord>(collections::OUTBOX, event_id)
@@ -161,13 +173,7 @@ async fn published(store: &Store, event_id: &str) -> Option<bool> {
 #[tokio::test]
 async fn marks_are_written_together_and_a_missing_record_does_not_hold_back_the_others() {
     // Given three outbox records
-    let store = fresh_store().await;
-    for id in ["e1", "e2", "e3"] {
-        store
-            .set(collections::OUTBOX, id, &outbox_record(id))
-            .await
-            .unwrap();
-    }
+    let store = store_with_outbox(&["e1", "e2", "e3"]).await;
     // When two are marked together, then both are, and nothing else changed
     store
         .mark_published(&["e1".into(), "e2".into()], Timestamp::now())
@@ -190,13 +196,7 @@ async fn marks_are_written_together_and_a_missing_record_does_not_hold_back_the_
 #[tokio::test]
 async fn queued_marks_are_written_in_the_background_without_anyone_waiting() {
     // Given three unpublished outbox records
-    let store = fresh_store().await;
-    for id in ["e1", "e2", "e3"] {
-        store
-            .set(collections::OUTBOX, id, &outbox_record(id))
-            .await
-            .unwrap();
-    }
+    let store = store_with_outbox(&["e1", "e2", "e3"]).await;
     // When two marks are queued (one twice, as concurrent duplicates do) and no one waits
     let marks = Marks::new(store.clone());
     for id in ["e1", "e2", "e1"] {
@@ -218,11 +218,7 @@ async fn queued_marks_are_written_in_the_background_without_anyone_waiting() {
 #[tokio::test]
 async fn a_flush_writes_the_queued_marks_before_it_returns() {
     // Given an unpublished outbox record whose mark is queued
-    let store = fresh_store().await;
-    store
-        .set(collections::OUTBOX, "e1", &outbox_record("e1"))
-        .await
-        .unwrap();
+    let store = store_with_outbox(&["e1"]).await;
     let marks = Marks::new(store.clone());
     marks.defer("e1".into());
     // When the marks are flushed (the sweep, SIGTERM), then the record is marked already
