@@ -46,12 +46,21 @@ pub enum StartupError {
 }
 
 impl Runtime {
-    /// Connects the clients `function` needs: Firestore, and publishers for its topics.
+    /// Connects the clients `function` needs, at the same time: Firestore, and publishers for
+    /// its topics.
     pub async fn connect(function: Function, config: Config) -> Result<Runtime, StartupError> {
-        let store = Store::connect(&config.project_id, &config.firestore).await?;
-        let publisher =
-            EventPublisher::connect(&config.project_id, &config.pubsub, function.publishes())
-                .await?;
+        let (store, publisher) = tokio::try_join!(
+            async {
+                Store::connect(&config.project_id, &config.firestore)
+                    .await
+                    .map_err(StartupError::from)
+            },
+            async {
+                EventPublisher::connect(&config.project_id, &config.pubsub, function.publishes())
+                    .await
+                    .map_err(StartupError::from)
+            },
+        )?;
         Ok(Runtime {
             function,
             config: Arc::new(config),

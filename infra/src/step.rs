@@ -3,11 +3,12 @@
 //! For each delivery:
 //! 1. decode the envelope and event; if it can never succeed, park it and acknowledge;
 //! 2. in one Firestore transaction: read the step's idempotency record and the documents the
-//!    step names ([`Step::reads`]) in one batch get, which begins the transaction; if the
-//!    record exists, the step already ran (a duplicate: [`Ack::Duplicate`], nothing
-//!    written); otherwise let the step decide from what was read and queue its effect, and
-//!    queue the idempotency record, the outgoing event's outbox record and the timeline
-//!    entries; commit;
+//!    step names ([`Step::reads`]) in one batch get; if the record exists, the step already
+//!    ran (a duplicate: [`Ack::Duplicate`], nothing written); otherwise let the step decide
+//!    from what was read and queue its effect, and queue the idempotency record, the outgoing
+//!    event's outbox record and the timeline entries; commit, on the condition that what was
+//!    read is unchanged (a concurrent duplicate that committed first makes this one run
+//!    again and find the record: [`Store::transaction`](crate::store::Store::transaction));
 //! 3. publish the outgoing event if it is not yet published, and queue its mark (written in
 //!    the background with others, see [`outbox::Marks`]); acknowledge.
 //!

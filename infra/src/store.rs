@@ -1,17 +1,20 @@
 //! Firestore: the connection, the documents the saga keeps, and a small transaction runner.
 //!
-//! Every read a decision depends on and every write it makes happen in one transaction; the
-//! runner begins it with its first read (no round trip of its own), retries contention (the
-//! emulator aborts contended transactions with "lock timeout") and reports it.
+//! Every read a decision depends on and every write it makes happen in one transaction: an
+//! optimistic one, whose reads take no locks and whose writes commit together on the
+//! condition that what they replace is still as it was read; a conflict retries it within
+//! milliseconds (the emulator's pessimistic transactions wait seconds for a lock timeout).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use firestore::errors::FirestoreError;
-use firestore::gcloud_sdk::google::firestore::v1::Document;
+use firestore::gcloud_sdk::google::firestore::v1::precondition::ConditionType;
+use firestore::gcloud_sdk::google::firestore::v1::write::Operation as WriteOperation;
+use firestore::gcloud_sdk::google::firestore::v1::{Document, Precondition, Write};
+use firestore::gcloud_sdk::prost_types::Timestamp as ProstTimestamp;
 use firestore::{
-    FirestoreDb, FirestoreDbOptions, FirestoreTransactionMode, FirestoreTransactionOps,
-    FirestoreTransactionOptions, FirestoreWritePrecondition,
+    FirestoreDb, FirestoreDbOptions, FirestoreTransactionOps, FirestoreWritePrecondition,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -244,8 +247,8 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again may succeed: contention (ABORTED, the emulator's lock timeouts),
-    /// unavailability, conflicts and network errors. A document that cannot be decoded, or a
+    /// Whether trying again may succeed: conflicts (a transaction's write whose document
+    /// changed since it was read; ABORTED), unavailability and network errors. A document that cannot be decoded, or a
     /// request Firestore refuses, fails the same way every time.
     pub fn is_transient(&self) -> bool {
         match &self.source {
@@ -464,15 +467,20 @@ impl Store {
             .collect()
     }
 
-    /// Runs `f` in a read-write transaction, retrying it on contention. `f` may run several
-    /// times: it must only read through its [`Tx`] and only write by queuing on it.
-    /// Business rejections are `Ok` values; an `Err` from `f` is retried if it is transient
-    /// ([`StoreError::is_transient`]) and returned at once otherwise.
+    /// Runs `f` as one optimistic transaction, retrying it when a document it read was written
+    /// meanwhile. `f` may run several times: it must only read through its [`Tx`] and only
+    /// write by queuing on it. Business rejections are `Ok` values; an `Err` from `f` is
+    /// retried if it is transient ([`StoreError::is_transient`]) and returned at once
+    /// otherwise.
     ///
-    /// The transaction begins with its first read, in the same request
-    /// (`BatchGetDocuments.new_transaction`), not with a `BeginTransaction` of its own: one
-    /// round trip less per transaction. One that reads nothing commits its writes atomically
-    /// without a transaction.
+    /// Reads take no locks: they see one snapshot (the first read's time). The queued writes
+    /// commit together, atomically, each on the condition that its document is still as it was
+    /// read: unchanged since its update time, or still absent. If any changed, nothing is
+    /// written and `f` runs again on fresh reads. So every document a transaction writes was
+    /// unchanged from its read to its commit (first committer wins, as under snapshot
+    /// isolation); a document it only reads is not guarded. Contention costs a retry of a few
+    /// milliseconds, where the Firestore emulator's pessimistic locks cost a lock timeout of
+    /// seconds (see docs/benchmarks.md).
     pub async fn transaction<T, F>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -480,22 +488,17 @@ impl Store {
     {
         // Built at the first failure, so that the time allowed for retries counts from there.
         let mut backoff = None;
-        let mut retry_of = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
             if attempt > 1 {
-                tracing::info!(what, attempt, "transaction contended, retrying");
+                tracing::debug!(what, attempt, "transaction contended, retrying");
             }
             let mut state = Attempt {
                 db: self.db.clone(),
-                id: None,
-                retry_of: retry_of.take(),
+                read_time: None,
                 read: HashMap::new(),
-                writes: Writes {
-                    documents_path: self.db.get_documents_path().clone(),
-                    writes: Vec::new(),
-                },
+                writes: Vec::new(),
             };
             let result = match f(Tx {
                 attempt: &mut state,
@@ -503,15 +506,12 @@ impl Store {
             .await
             {
                 Ok(value) => state.commit().await.map(|()| value),
-                Err(error) => {
-                    state.rollback().await;
-                    Err(error)
-                }
+                Err(error) => Err(error),
             };
             let error = match result {
                 Ok(value) => {
                     if attempt > 1 {
-                        tracing::warn!(
+                        tracing::info!(
                             what,
                             attempts = attempt,
                             ok = true,
@@ -525,6 +525,9 @@ impl Store {
             let delay = if error.is_transient() && attempt <= TRANSACTION_RETRIES {
                 let backoff = backoff.get_or_insert_with(|| {
                     backoff::ExponentialBackoffBuilder::new()
+                        .with_initial_interval(TRANSACTION_RETRY_FIRST)
+                        .with_multiplier(2.0)
+                        .with_max_interval(TRANSACTION_RETRY_MAX)
                         .with_max_elapsed_time(Some(TRANSACTION_RETRY_FOR))
                         .build()
                 });
@@ -547,64 +550,62 @@ impl Store {
                 });
             };
             tokio::time::sleep(delay).await;
-            retry_of = state.id;
         }
     }
 }
 
-/// Retries of a transaction, at most, and for how long.
+/// Retries of a transaction, at most; the first one's delay (doubling, randomised by half,
+/// up to the max) and for how long in all.
 const TRANSACTION_RETRIES: u32 = 12;
+const TRANSACTION_RETRY_FIRST: Duration = Duration::from_millis(10);
+const TRANSACTION_RETRY_MAX: Duration = Duration::from_secs(2);
 const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(45);
 
-/// One attempt of a transaction: its id once begun, what it read, what it will write.
+/// One attempt of a transaction: what it read, when, and what it will write.
 struct Attempt {
     db: FirestoreDb,
-    /// Set by the first read, which begins the transaction.
-    id: Option<Vec<u8>>,
-    /// The attempt this one retries (Firestore gives a retry priority on the locks).
-    retry_of: Option<Vec<u8>>,
+    /// The time of the first read, at which later reads are made (one snapshot).
+    read_time: Option<ProstTimestamp>,
     /// Documents read in this attempt, by full name (`None`: there is none).
     read: HashMap<String, Option<Document>>,
-    writes: Writes,
+    /// Queued writes, one per document, each conditioned on the document as read.
+    writes: Vec<Write>,
 }
 
 impl Attempt {
-    /// Commits the queued writes: in the transaction if a read began one (which also releases
-    /// its locks when there is nothing to write), otherwise as one atomic commit.
+    /// Commits the queued writes atomically. A write whose condition fails (its document was
+    /// written since it was read) fails them all, as a transient conflict.
     async fn commit(&mut self) -> Result<(), StoreError> {
         use firestore::gcloud_sdk::google::firestore::v1::CommitRequest;
-        if self.id.is_none() && self.writes.writes.is_empty() {
+        use firestore::gcloud_sdk::tonic::Code;
+        if self.writes.is_empty() {
             return Ok(());
         }
         let request = CommitRequest {
             database: self.db.get_database_path().clone(),
-            writes: std::mem::take(&mut self.writes.writes),
-            transaction: self.id.clone().unwrap_or_default(),
+            writes: std::mem::take(&mut self.writes),
+            transaction: Vec::new(),
             request_options: None,
         };
-        self.db
-            .client()
-            .get()
-            .commit(request)
-            .await
-            .map_err(FirestoreError::from)
-            .context("committing")?;
-        Ok(())
-    }
-
-    /// Releases a begun transaction's locks after `f` failed (the emulator's are pessimistic).
-    async fn rollback(&mut self) {
-        use firestore::gcloud_sdk::google::firestore::v1::RollbackRequest;
-        let Some(id) = self.id.clone() else {
-            return;
-        };
-        let request = RollbackRequest {
-            database: self.db.get_database_path().clone(),
-            transaction: id,
-            request_options: None,
-        };
-        if let Err(error) = self.db.client().get().rollback(request).await {
-            tracing::debug!(%error, "rollback failed; the transaction expires on its own");
+        match self.db.client().get().commit(request).await {
+            Ok(_) => Ok(()),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted
+                ) =>
+            {
+                Err(failure(
+                    "committing".into(),
+                    "conflict",
+                    format!(
+                        "a document read was written meanwhile: {}",
+                        status.message()
+                    ),
+                    true,
+                ))
+            }
+            Err(status) => Err(FirestoreError::from(status)).context("committing"),
         }
     }
 }
@@ -612,13 +613,13 @@ impl Attempt {
 /// Queued writes, built by the `firestore` crate's fluent API as it builds a transaction's.
 struct Writes {
     documents_path: String,
-    writes: Vec<firestore::gcloud_sdk::google::firestore::v1::Write>,
+    writes: Vec<Write>,
 }
 
 impl FirestoreTransactionOps for Writes {
     fn add<I>(&mut self, write: I) -> firestore::FirestoreResult<&mut Self>
     where
-        I: TryInto<firestore::gcloud_sdk::google::firestore::v1::Write, Error = FirestoreError>,
+        I: TryInto<Write, Error = FirestoreError>,
     {
         self.writes.push(write.try_into()?);
         Ok(self)
@@ -629,8 +630,8 @@ impl FirestoreTransactionOps for Writes {
     }
 }
 
-/// A transaction in progress: reads see the transaction's snapshot, writes are queued and
-/// committed together.
+/// A transaction in progress: reads see one snapshot, writes are queued and committed
+/// together, each on the condition that its document is still as this transaction read it.
 pub struct Tx<'b> {
     attempt: &'b mut Attempt,
 }
@@ -668,11 +669,10 @@ impl Tx<'_> {
         }
     }
 
-    /// Reads `docs` (collection, id) in one round trip, in the transaction (beginning it, if
-    /// this is its first read), so a step that knows from its event what it will read pays one
-    /// read instead of one per document. Later [`Tx::get`]s of them are answered from this
-    /// read: the same snapshot a get would see, since a transaction does not read its own
-    /// queued writes.
+    /// Reads `docs` (collection, id) in one round trip, so a step that knows from its event
+    /// what it will read pays one read instead of one per document. Later [`Tx::get`]s of
+    /// them are answered from this read: the same snapshot a get would see, since a
+    /// transaction does not read its own queued writes.
     pub async fn read_ahead(&mut self, docs: &[(&str, &str)]) -> Result<(), StoreError> {
         use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
         use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_request::ConsistencySelector;
@@ -690,22 +690,7 @@ impl Tx<'_> {
         if names.is_empty() {
             return Ok(());
         }
-        let selector = match &self.attempt.id {
-            Some(id) => ConsistencySelector::Transaction(id.clone()),
-            None => {
-                let mode = match &self.attempt.retry_of {
-                    Some(id) => FirestoreTransactionMode::ReadWriteRetry(id.clone()),
-                    None => FirestoreTransactionMode::ReadWrite,
-                };
-                ConsistencySelector::NewTransaction(
-                    FirestoreTransactionOptions::new()
-                        .with_mode(mode)
-                        .try_into()
-                        .context(what())?,
-                )
-            }
-        };
-        // The fluent API batch-gets from one collection only and cannot begin a transaction,
+        // The fluent API batch-gets from one collection only and does not say when it read,
         // so this is the raw request, through the crate's `client()` escape hatch (its
         // gcloud-sdk types are pinned by Cargo.lock, outside the crate's semver promise).
         let request = BatchGetDocumentsRequest {
@@ -713,7 +698,7 @@ impl Tx<'_> {
             documents: names,
             mask: None,
             request_options: None,
-            consistency_selector: Some(selector),
+            consistency_selector: self.attempt.read_time.map(ConsistencySelector::ReadTime),
         };
         let mut responses = self
             .attempt
@@ -731,9 +716,8 @@ impl Tx<'_> {
             .map_err(FirestoreError::from)
             .context(what())?
         {
-            // The first response names the transaction the request began.
-            if self.attempt.id.is_none() && !response.transaction.is_empty() {
-                self.attempt.id = Some(response.transaction);
+            if self.attempt.read_time.is_none() {
+                self.attempt.read_time = response.read_time;
             }
             match response.result {
                 Some(Read::Found(doc)) => {
@@ -745,14 +729,6 @@ impl Tx<'_> {
                 None => {}
             }
         }
-        if self.attempt.id.is_none() {
-            return Err(failure(
-                what(),
-                "no-transaction",
-                "the read did not begin a transaction".into(),
-                false,
-            ));
-        }
         Ok(())
     }
 
@@ -760,11 +736,18 @@ impl Tx<'_> {
         format!("{}/{collection}/{id}", self.attempt.db.get_documents_path())
     }
 
-    /// Queues a whole-document write (create or replace).
+    /// Queues a whole-document write (create or replace), in place of any write of the same
+    /// document queued before. If this transaction read the document, the write is made on
+    /// the condition that it is still as read: the same update time, or still absent.
     pub fn set<T>(&mut self, collection: &str, id: &str, doc: &T) -> Result<(), StoreError>
     where
         T: Serialize + DeserializeOwned + Sync + Send,
     {
+        let what = || format!("queuing a write of {collection}/{id}");
+        let mut queued = Writes {
+            documents_path: self.attempt.db.get_documents_path().clone(),
+            writes: Vec::new(),
+        };
         self.attempt
             .db
             .fluent()
@@ -772,10 +755,29 @@ impl Tx<'_> {
             .in_col(collection)
             .document_id(id)
             .object(doc)
-            .add_to_transaction(&mut self.attempt.writes)
-            .context(format!("queuing a write of {collection}/{id}"))?;
+            .add_to_transaction(&mut queued)
+            .context(what())?;
+        let name = self.name(collection, id);
+        let guard = self.attempt.read.get(&name).map(|read| Precondition {
+            condition_type: Some(match read {
+                Some(doc) => doc
+                    .update_time
+                    .map_or(ConditionType::Exists(true), ConditionType::UpdateTime),
+                None => ConditionType::Exists(false),
+            }),
+        });
+        self.attempt.writes.retain(|write| !writes_to(write, &name));
+        for mut write in queued.writes {
+            write.current_document = guard;
+            self.attempt.writes.push(write);
+        }
         Ok(())
     }
+}
+
+/// Whether `write` replaces the document named `name`.
+fn writes_to(write: &Write, name: &str) -> bool {
+    matches!(&write.operation, Some(WriteOperation::Update(doc)) if doc.name == name)
 }
 
 /// Whether `s` can be one segment of a document path (what Firestore accepts as an id).

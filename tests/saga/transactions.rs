@@ -1,6 +1,10 @@
-//! The store on the Firestore emulator: `Store::transaction`, which begins with its first
-//! read (no `BeginTransaction` of its own), that read being what isolates it; and the
-//! outbox marks, written together, each on its own, in the background or at once.
+//! The store on the Firestore emulator: `Store::transaction`, optimistic (reads take no
+//! locks, one snapshot; writes commit together on the condition that what they replace is
+//! still as read, and run the transaction again if not); and the outbox marks, written
+//! together, each on its own, in the background or at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::FutureExt;
 use jiff::Timestamp;
@@ -83,7 +87,7 @@ async fn a_transaction_that_reads_nothing_commits_all_its_writes() {
 }
 
 #[tokio::test]
-async fn a_failed_transaction_writes_nothing_and_frees_what_it_read() {
+async fn a_failed_transaction_writes_nothing() {
     // Given a balance of 7
     let store = fresh_store().await;
     store
@@ -104,12 +108,112 @@ async fn a_failed_transaction_writes_nothing_and_frees_what_it_read() {
         })
         .await;
     // Then it says why, nothing was written, and the next transaction on the document runs
-    // (the emulator's locks were released by the rollback, not left to expire)
     let error = failed.expect_err("a permanent error is not retried");
     assert!(error.to_string().contains("not/an/id"), "{error}");
     assert_eq!(balance(&store, "u").await, Some(7));
     increment(&store, "u").await.expect("the document is free");
     assert_eq!(balance(&store, "u").await, Some(8));
+}
+
+#[tokio::test]
+async fn a_document_written_after_the_transaction_read_it_runs_the_transaction_again() {
+    // Given a balance of 1
+    let store = fresh_store().await;
+    store
+        .set(collections::USERS, "u", &UserDoc { balance: 1 })
+        .await
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    // When a transaction reads it, and someone else writes it before the transaction commits
+    store
+        .transaction("raced", |mut tx| {
+            let (store, attempts) = (store.clone(), attempts.clone());
+            async move {
+                let seen = tx.get::<UserDoc>(collections::USERS, "u").await?;
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    store
+                        .set(collections::USERS, "u", &UserDoc { balance: 10 })
+                        .await?;
+                }
+                let balance = seen.map_or(0, |u| u.balance) + 1;
+                tx.set(collections::USERS, "u", &UserDoc { balance })?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await
+        .expect("the transaction commits on its second run");
+    // Then its first write was refused (it would have lost the 10), and its second run read
+    // the 10 and wrote on it
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(balance(&store, "u").await, Some(11));
+}
+
+#[tokio::test]
+async fn of_concurrent_transactions_creating_a_missing_document_exactly_one_creates_it() {
+    // Given no claim
+    let store = fresh_store().await;
+    // When five transactions each read it as missing and create it, all at once
+    let claims = futures::future::join_all((1..=5).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .transaction("claim", |mut tx| {
+                    async move {
+                        if tx
+                            .get::<UserDoc>(collections::USERS, "claim")
+                            .await?
+                            .is_some()
+                        {
+                            return Ok(None);
+                        }
+                        tx.set(collections::USERS, "claim", &UserDoc { balance: i })?;
+                        Ok(Some(i))
+                    }
+                    .boxed()
+                })
+                .await
+                .expect("every claim commits or finds the winner's")
+        }
+    }))
+    .await;
+    // Then one created it, the others found it, and it holds the winner's value
+    let won: Vec<i64> = claims.into_iter().flatten().collect();
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(balance(&store, "claim").await, Some(won[0]));
+}
+
+#[tokio::test]
+async fn a_transaction_reads_one_snapshot() {
+    // Given two balances
+    let store = fresh_store().await;
+    for user in ["a", "b"] {
+        store
+            .set(collections::USERS, user, &UserDoc { balance: 1 })
+            .await
+            .unwrap();
+    }
+    // When a transaction reads one, someone writes the other, and the transaction reads it
+    let seen = store
+        .transaction("snapshot", |mut tx| {
+            let store = store.clone();
+            async move {
+                tx.get::<UserDoc>(collections::USERS, "a").await?;
+                store
+                    .set(collections::USERS, "b", &UserDoc { balance: 2 })
+                    .await?;
+                Ok(tx
+                    .get::<UserDoc>(collections::USERS, "b")
+                    .await?
+                    .map(|u| u.balance))
+            }
+            .boxed()
+        })
+        .await
+        .expect("reading");
+    // Then it sees the other as it was at its first read
+    assert_eq!(seen, Some(1));
+    assert_eq!(balance(&store, "b").await, Some(2));
 }
 
 #[tokio::test]
