@@ -500,14 +500,14 @@ impl Store {
                 read: HashMap::new(),
                 writes: Vec::new(),
             };
-            let result = match f(Tx {
-                attempt: &mut state,
-            })
-            .await
-            {
-                Ok(value) => state.commit().await.map(|()| value),
-                Err(error) => Err(error),
-            };
+            let result = async {
+                let value = f(Tx {
+                    attempt: &mut state,
+                })
+                .await?;
+                state.commit().await.map(|()| value)
+            }
+            .await;
             let error = match result {
                 Ok(value) => {
                     if attempt > 1 {
