@@ -168,8 +168,23 @@ pub struct BenchResult {
     #[serde(default)]
     pub five_rss_at_once_peak_mib: f64,
     pub floor: Option<Floor>,
+    /// Transactions that collided and ran again during the measured orders, from the
+    /// functions' logs.
+    #[serde(default)]
+    pub contention: Option<crate::bench_bounds::Contention>,
     /// End-to-end latencies in milliseconds, for the histogram.
     pub samples_ms: Vec<f64>,
+}
+
+impl BenchResult {
+    /// The machine's cores, as recorded in [`BenchResult::machine`] ("2 cores (...)").
+    pub fn cores(&self) -> usize {
+        self.machine
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -429,6 +444,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let emu_cpu_before: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
     let me = std::process::id();
     let driver_cpu_before = cpu(&[me]);
+    let logs = crate::bench_bounds::LogMarks::now(&stack.logs);
 
     let drive = drive(args, &base, &store).await?;
     // Resources first, before reading the timeline adds its own load.
@@ -437,6 +453,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let emu_cpu_after: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
     let driver_cpu = cpu(&[me]).saturating_sub(driver_cpu_before);
     let five_at_once_kib = at_once.stop();
+    let contention = logs.contention_since();
     let timings = timings(&store, &drive.ids).await?;
 
     let mut result = BenchResult {
@@ -469,6 +486,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         hops: timings.hops,
         binaries: stack.launcher.describe(),
         warmup: args.warmup,
+        contention: Some(contention),
         ..BenchResult::default()
     };
     let per_1000 =
@@ -896,6 +914,9 @@ pub fn table(r: &BenchResult) -> String {
             "  bench driver                      {:>5} CPU s/1000 orders\n",
             r.driver_cpu_s_per_1000_orders
         ));
+    }
+    if let Some(bounds) = crate::bench_bounds::Bounds::of(r) {
+        t.push_str(&bounds.lines(r));
     }
     if let Some(f) = &r.floor {
         t.push_str(&format!(

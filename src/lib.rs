@@ -1,6 +1,7 @@
 //! The saga as one program: the function registry, and the local stack `saga up` runs.
 
 pub mod bench;
+pub mod bench_bounds;
 pub mod bench_floor;
 pub mod check;
 pub mod ops;

@@ -157,6 +157,8 @@ pub struct Stack {
     pub emulators: Vec<Emulator>,
     /// What runs the functions.
     pub launcher: Launcher,
+    /// The files the functions log to (none when they log to the terminal).
+    pub logs: Vec<PathBuf>,
     children: BTreeMap<Function, Child>,
 }
 
@@ -203,11 +205,13 @@ impl Stack {
         };
         let mut children = BTreeMap::new();
         let mut launched = BTreeMap::new();
+        let mut logs = Vec::new();
         for function in Function::ALL {
             launched.insert(function, Instant::now());
             let log = args
                 .function_logs
                 .then(|| args.log_dir.join(format!("{}.log", function.name())));
+            logs.extend(log.clone());
             children.insert(
                 function,
                 spawn_function(
@@ -231,6 +235,7 @@ impl Stack {
             ready,
             emulators,
             launcher,
+            logs,
             children,
         })
     }

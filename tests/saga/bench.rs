@@ -96,6 +96,17 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         "at once {at_once}, sum of peaks {sum_of_peaks}"
     );
     assert!(stdout.contains("RSS at once peak"), "{stdout}");
+    // What bounds the run, in its own numbers: CPU against the cores, orders in flight
+    // against their latency, and the transactions that collided (from the functions' logs).
+    for line in [
+        "bound: CPU",
+        "bound: in flight",
+        "contention",
+        "nearest bound",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert!(result["contention"]["transactions"].is_u64(), "{result}");
     assert!(
         result["emulators"].as_object().unwrap().len() == 2,
         "{result}"

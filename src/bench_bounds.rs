@@ -1,0 +1,294 @@
+//! What bounds a bench run, from what the run measured: the CPU an order costs against the
+//! cores there are, the orders in flight against their time end to end (Little's law), and
+//! the transactions that collided and ran again. The bench prints these beside its figures
+//! so a run that misses a target shows why, in numbers.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::{BenchResult, round};
+
+/// Transactions that collided with another and ran again, as the functions logged them
+/// ("contended transaction", once per transaction that took more than one attempt).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contention {
+    /// Transactions that took more than one attempt.
+    pub transactions: u64,
+    /// Attempts beyond the first, over all of them.
+    pub retries: u64,
+    /// Transactions that ran out of retries (their step answered 5xx and was redelivered).
+    pub gave_up: u64,
+}
+
+impl Contention {
+    /// Adds up the "contended transaction" entries among JSON log lines.
+    pub fn from_log_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Contention {
+        let mut c = Contention::default();
+        for line in lines {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if entry["message"] != "contended transaction" {
+                continue;
+            }
+            c.transactions += 1;
+            c.retries += entry["attempts"].as_u64().unwrap_or(1).saturating_sub(1);
+            if entry["ok"] == false {
+                c.gave_up += 1;
+            }
+        }
+        c
+    }
+}
+
+/// Where each function's log ended before the measured orders, so that only what they logged
+/// during the measured orders is read afterwards.
+pub struct LogMarks(Vec<(PathBuf, u64)>);
+
+impl LogMarks {
+    pub fn now(logs: &[PathBuf]) -> LogMarks {
+        LogMarks(
+            logs.iter()
+                .map(|p| (p.clone(), std::fs::metadata(p).map_or(0, |m| m.len())))
+                .collect(),
+        )
+    }
+
+    /// The contention logged since [`LogMarks::now`].
+    pub fn contention_since(&self) -> Contention {
+        let mut total = Contention::default();
+        for (path, offset) in &self.0 {
+            let text = read_from(path, *offset).unwrap_or_default();
+            let c = Contention::from_log_lines(text.lines());
+            total.transactions += c.transactions;
+            total.retries += c.retries;
+            total.gave_up += c.gave_up;
+        }
+        total
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The throughput each bound allows, beside the throughput measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounds {
+    /// CPU milliseconds an order cost, over every process measured (functions, emulators,
+    /// the bench driver).
+    pub cpu_ms_per_order: f64,
+    /// Of those, the emulators', the functions' and the driver's.
+    pub emulators_ms: f64,
+    pub functions_ms: f64,
+    pub driver_ms: f64,
+    pub cores: usize,
+    /// Orders a second the cores allow at that cost: `cores × 1000 / cpu_ms_per_order`.
+    pub cpu_orders_per_s: Option<f64>,
+    /// Cores kept busy during the run: `orders_per_s × cpu_ms_per_order / 1000`.
+    pub cores_busy: f64,
+    /// The mean end-to-end time, ms.
+    pub mean_end_to_end_ms: f64,
+    /// Orders a second that `concurrency` orders in flight allow at that mean (Little's law):
+    /// an upper bound, as the next order starts a little after one finishes.
+    pub in_flight_orders_per_s: Option<f64>,
+}
+
+impl Bounds {
+    pub fn of(r: &BenchResult) -> Option<Bounds> {
+        if r.count == 0 || r.orders_per_s <= 0.0 {
+            return None;
+        }
+        // CPU seconds per 1,000 orders is CPU milliseconds per order.
+        let functions_ms: f64 = r.functions.values().map(|p| p.cpu_s_per_1000_orders).sum();
+        let emulators_ms: f64 = r.emulators.values().map(|p| p.cpu_s_per_1000_orders).sum();
+        let driver_ms = r.driver_cpu_s_per_1000_orders;
+        let cpu_ms_per_order = functions_ms + emulators_ms + driver_ms;
+        let cores = r.cores();
+        let cpu_orders_per_s =
+            (cpu_ms_per_order > 0.0 && cores > 0).then(|| cores as f64 * 1000.0 / cpu_ms_per_order);
+        let mean_end_to_end_ms = if r.samples_ms.is_empty() {
+            0.0
+        } else {
+            r.samples_ms.iter().sum::<f64>() / r.samples_ms.len() as f64
+        };
+        let in_flight_orders_per_s =
+            (mean_end_to_end_ms > 0.0).then(|| r.concurrency as f64 * 1000.0 / mean_end_to_end_ms);
+        Some(Bounds {
+            cpu_ms_per_order,
+            emulators_ms,
+            functions_ms,
+            driver_ms,
+            cores,
+            cpu_orders_per_s,
+            cores_busy: r.orders_per_s * cpu_ms_per_order / 1000.0,
+            mean_end_to_end_ms,
+            in_flight_orders_per_s,
+        })
+    }
+
+    /// The bound nearest the measured throughput, and how close the run came to it.
+    pub fn nearest(&self, orders_per_s: f64) -> Option<(&'static str, f64)> {
+        [
+            ("CPU", self.cpu_orders_per_s),
+            ("orders in flight", self.in_flight_orders_per_s),
+        ]
+        .into_iter()
+        .filter_map(|(name, bound)| bound.map(|b| (name, b)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(name, bound)| (name, orders_per_s / bound * 100.0))
+    }
+
+    /// The lines of the bench's table.
+    pub fn lines(&self, r: &BenchResult) -> String {
+        let mut t = String::new();
+        let cap = |x: Option<f64>| x.map_or("-".to_owned(), |x| round(x).to_string());
+        t.push_str(&format!(
+            "  bound: CPU         {} CPU ms an order (emulators {}, functions {}, driver {}) on {} cores => at most {} orders/s; {} cores busy\n",
+            round(self.cpu_ms_per_order),
+            round(self.emulators_ms),
+            round(self.functions_ms),
+            round(self.driver_ms),
+            self.cores,
+            cap(self.cpu_orders_per_s),
+            (self.cores_busy * 100.0).round() / 100.0,
+        ));
+        t.push_str(&format!(
+            "  bound: in flight   {} orders / {} ms mean end to end => at most {} orders/s (Little's law)\n",
+            r.concurrency,
+            round(self.mean_end_to_end_ms),
+            cap(self.in_flight_orders_per_s),
+        ));
+        if let Some(c) = &r.contention {
+            t.push_str(&format!(
+                "  contention         {} transactions ran again ({} retries, {} gave up)\n",
+                c.transactions, c.retries, c.gave_up
+            ));
+        }
+        if let Some((name, percent)) = self.nearest(r.orders_per_s) {
+            t.push_str(&format!(
+                "  nearest bound      {name}: this run at {percent:.0}% of it\n"
+            ));
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::ProcessUse;
+
+    fn cpu(ms: f64) -> ProcessUse {
+        ProcessUse {
+            cpu_s_per_1000_orders: ms,
+            ..ProcessUse::default()
+        }
+    }
+
+    fn run(concurrency: usize, orders_per_s: f64, samples_ms: Vec<f64>) -> BenchResult {
+        BenchResult {
+            count: 1000,
+            concurrency,
+            orders_per_s,
+            machine: "2 cores (Test CPU), 23 GiB".into(),
+            functions: [
+                ("order".to_owned(), cpu(3.0)),
+                ("inventory".to_owned(), cpu(3.4)),
+            ]
+            .into(),
+            emulators: [
+                ("Firestore emulator".to_owned(), cpu(16.8)),
+                ("Pub/Sub emulator".to_owned(), cpu(9.5)),
+            ]
+            .into(),
+            driver_cpu_s_per_1000_orders: 0.7,
+            samples_ms,
+            ..BenchResult::default()
+        }
+    }
+
+    #[test]
+    fn a_run_that_keeps_the_cores_busy_is_bound_by_cpu() {
+        // Given 33.4 CPU ms an order on 2 cores, and 20 orders in flight for 300 ms each,
+        let r = run(20, 59.4, vec![300.0; 10]);
+        // when its bounds are worked out,
+        let b = Bounds::of(&r).expect("bounds");
+        // then the CPU allows 59.9 orders/s, Little's law 66.7, and the CPU is the nearer.
+        assert_eq!(round(b.cpu_ms_per_order), 33.4);
+        assert_eq!(b.cpu_orders_per_s.map(round), Some(59.9));
+        assert_eq!(b.in_flight_orders_per_s.map(round), Some(66.7));
+        assert_eq!((b.cores_busy * 100.0).round(), 198.0);
+        let (name, percent) = b.nearest(r.orders_per_s).expect("a bound");
+        assert_eq!((name, percent.round()), ("CPU", 99.0));
+        let lines = b.lines(&r);
+        assert!(
+            lines.contains("at most 59.9 orders/s; 1.98 cores busy"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("nearest bound      CPU: this run at 99%"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn a_run_with_few_orders_in_flight_is_bound_by_their_latency() {
+        // Given 10 orders in flight taking 190 ms each on average, with CPU to spare,
+        let r = run(10, 46.9, vec![150.0, 230.0]);
+        let b = Bounds::of(&r).expect("bounds");
+        // then Little's law allows 52.6 orders/s and is the nearer bound.
+        assert_eq!(b.in_flight_orders_per_s.map(round), Some(52.6));
+        assert_eq!(
+            b.nearest(r.orders_per_s).map(|(n, _)| n),
+            Some("orders in flight")
+        );
+    }
+
+    #[test]
+    fn contention_counts_the_transactions_that_ran_again() {
+        let lines = [
+            r#"{"message":"event published","topic":"x"}"#,
+            r#"{"message":"contended transaction","attempts":2,"ok":true}"#,
+            r#"{"message":"contended transaction","attempts":4,"ok":true}"#,
+            r#"{"message":"contended transaction","attempts":13,"ok":false}"#,
+            "not json",
+        ];
+        assert_eq!(
+            Contention::from_log_lines(lines),
+            Contention {
+                transactions: 3,
+                retries: 1 + 3 + 12,
+                gave_up: 1
+            }
+        );
+    }
+
+    #[test]
+    fn only_what_was_logged_after_the_mark_is_read() {
+        let dir = std::env::temp_dir().join(format!("bounds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("inventory.log");
+        let line = r#"{"message":"contended transaction","attempts":3,"ok":true}"#;
+        std::fs::write(&log, format!("{line}\n")).expect("write");
+        let marks = LogMarks::now(std::slice::from_ref(&log));
+        let mut text = std::fs::read_to_string(&log).expect("read");
+        text.push_str(&format!("{line}\n"));
+        std::fs::write(&log, text).expect("write");
+        assert_eq!(
+            marks.contention_since(),
+            Contention {
+                transactions: 1,
+                retries: 2,
+                gave_up: 0
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
