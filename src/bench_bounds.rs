@@ -58,15 +58,12 @@ impl LogMarks {
 
     /// The contention logged since [`LogMarks::now`].
     pub fn contention_since(&self) -> Contention {
-        let mut total = Contention::default();
-        for (path, offset) in &self.0 {
-            let text = read_from(path, *offset).unwrap_or_default();
-            let c = Contention::from_log_lines(text.lines());
-            total.transactions += c.transactions;
-            total.retries += c.retries;
-            total.gave_up += c.gave_up;
-        }
-        total
+        let logged: Vec<String> = self
+            .0
+            .iter()
+            .map(|(path, offset)| read_from(path, *offset).unwrap_or_default())
+            .collect();
+        Contention::from_log_lines(logged.iter().flat_map(|text| text.lines()))
     }
 }
 
