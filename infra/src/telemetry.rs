@@ -222,16 +222,21 @@ impl MemoryWriter {
 mod tests {
     use super::*;
 
+    /// Runs `log` with the Cloud Logging layer for project `shop` writing to `writer`.
+    fn logging_into<W: Write + Send + 'static>(
+        function: Option<Function>,
+        writer: W,
+        log: impl FnOnce(),
+    ) {
+        let subscriber =
+            tracing_subscriber::registry().with(CloudLogging::new("shop", function, || writer));
+        tracing::subscriber::with_default(subscriber, log);
+    }
+
     #[test]
     fn log_lines_are_cloud_logging_entries_with_trace_and_labels() {
         let memory = MemoryWriter::default();
-        let writer = memory.clone();
-        let subscriber = tracing_subscriber::registry().with(CloudLogging::new(
-            "shop",
-            Some(Function::Inventory),
-            move || writer,
-        ));
-        tracing::subscriber::with_default(subscriber, || {
+        logging_into(Some(Function::Inventory), memory.clone(), || {
             let span = tracing::info_span!(
                 "step",
                 order_id = "o-1",
@@ -278,13 +283,7 @@ mod tests {
     #[test]
     fn each_log_line_is_one_write() {
         let writes = Writes::default();
-        let writer = writes.clone();
-        let subscriber = tracing_subscriber::registry().with(CloudLogging::new(
-            "shop",
-            Some(Function::Order),
-            move || writer,
-        ));
-        tracing::subscriber::with_default(subscriber, || {
+        logging_into(Some(Function::Order), writes.clone(), || {
             let span = tracing::info_span!("step", order_id = "o-1", event_id = "e-1");
             let _entered = span.enter();
             tracing::info!(topic = "order-created", message_id = "5", "event published");
@@ -303,10 +302,7 @@ mod tests {
     #[test]
     fn a_line_outside_any_saga_has_no_trace() {
         let memory = MemoryWriter::default();
-        let writer = memory.clone();
-        let subscriber =
-            tracing_subscriber::registry().with(CloudLogging::new("shop", None, move || writer));
-        tracing::subscriber::with_default(subscriber, || tracing::error!(code = 7, "boom"));
+        logging_into(None, memory.clone(), || tracing::error!(code = 7, "boom"));
         let line = &memory.lines()[0];
         assert_eq!(line["severity"], "ERROR");
         assert_eq!(line["code"], 7);
