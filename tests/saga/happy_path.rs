@@ -76,12 +76,7 @@ async fn the_original_designs_examples_complete() {
 async fn every_function_answers_its_health_check() {
     let app = spawn_app().await;
     for function in Function::ALL {
-        let response = app
-            .http
-            .get(app.url(function, "/healthz"))
-            .send()
-            .await
-            .unwrap();
+        let response = app.health(function).await;
         assert_eq!(response.status(), 200, "{function}");
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["function"], function.name());

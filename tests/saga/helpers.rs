@@ -345,17 +345,31 @@ impl TestApp {
     }
 
     pub async fn push_raw(&self, function: Function, body: Vec<u8>) -> (u16, Value) {
+        let response = self.push_response(function, body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /healthz` on `function`.
+    pub async fn health(&self, function: Function) -> reqwest::Response {
+        self.http
+            .get(self.url(function, "/healthz"))
+            .send()
+            .await
+            .expect("health check")
+    }
+
+    /// POSTs `body` to the push route of `function`'s subscription, as Pub/Sub does; the
+    /// whole answer, headers included.
+    pub async fn push_response(&self, function: Function, body: Vec<u8>) -> reqwest::Response {
         let subscription = function.consumes().next().expect("a push function");
-        let response = self
-            .http
+        self.http
             .post(self.url(function, subscription.path))
             .header("content-type", "application/json")
             .body(body)
             .send()
             .await
-            .expect("push");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+            .expect("push")
     }
 
     /// Pulls (and acknowledges) from a pull subscription until `done` holds for what was

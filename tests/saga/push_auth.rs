@@ -101,12 +101,7 @@ async fn a_function_with_push_auth_accepts_only_the_push_identity() {
     assert_eq!(ack_kind(&ack), "processed", "{ack}");
 
     // Health checks stay open for Cloud Run's probes.
-    let health = app
-        .http
-        .get(app.url(Function::Order, "/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = app.health(Function::Order).await;
     assert_eq!(health.status(), 200);
 }
 
@@ -120,15 +115,9 @@ async fn on_the_emulator_push_routes_close_their_connection_and_the_api_keeps_it
             .map(|v| v.to_str().unwrap_or_default().to_owned())
     };
     // A push, answered: the connection is closed, as the emulator never reuses it.
-    let body = order_requested_push();
     let push = app
-        .http
-        .post(app.url(Function::Order, "/push/frontend-sub"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .push_response(Function::Order, order_requested_push().into())
+        .await;
     assert_eq!(push.status(), 200);
     assert_eq!(connection(&push).as_deref(), Some("close"));
     // The outbox sweep, which only the scheduler calls, likewise.
@@ -146,11 +135,6 @@ async fn on_the_emulator_push_routes_close_their_connection_and_the_api_keeps_it
         .await;
     assert_eq!(order.status(), 202);
     assert_eq!(connection(&order), None);
-    let health = app
-        .http
-        .get(app.url(Function::Order, "/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = app.health(Function::Order).await;
     assert_eq!(connection(&health), None);
 }

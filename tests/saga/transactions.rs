@@ -25,6 +25,14 @@ async fn fresh_store() -> Store {
     .expect("connecting to the Firestore emulator")
 }
 
+/// Sets `user`'s balance outside any transaction (a test's "given").
+async fn given_balance(store: &Store, user: &str, balance: i64) {
+    store
+        .set(collections::USERS, user, &UserDoc { balance })
+        .await
+        .expect("setting a balance");
+}
+
 async fn balance(store: &Store, user: &str) -> Option<i64> {
     store
         .get::<UserDoc>(collections::USERS, user)
@@ -55,10 +63,7 @@ async fn increment(store: &Store, user: &str) -> Result<(), StoreError> {
 async fn concurrent_read_then_write_transactions_lose_no_update() {
     // Given a counter at 0
     let store = fresh_store().await;
-    store
-        .set(collections::USERS, "counter", &UserDoc { balance: 0 })
-        .await
-        .unwrap();
+    given_balance(&store, "counter", 0).await;
     // When five transactions read it and write it plus one, all at once
     let all = futures::future::join_all((0..5).map(|_| increment(&store, "counter"))).await;
     // Then each saw the others' writes: a read outside the transaction would lose some
@@ -90,10 +95,7 @@ async fn a_transaction_that_reads_nothing_commits_all_its_writes() {
 async fn a_failed_transaction_writes_nothing() {
     // Given a balance of 7
     let store = fresh_store().await;
-    store
-        .set(collections::USERS, "u", &UserDoc { balance: 7 })
-        .await
-        .unwrap();
+    given_balance(&store, "u", 7).await;
     // When a transaction reads it, queues a write and then fails for good
     let failed = store
         .transaction("fails", |mut tx| {
@@ -119,10 +121,7 @@ async fn a_failed_transaction_writes_nothing() {
 async fn a_document_written_after_the_transaction_read_it_runs_the_transaction_again() {
     // Given a balance of 1
     let store = fresh_store().await;
-    store
-        .set(collections::USERS, "u", &UserDoc { balance: 1 })
-        .await
-        .unwrap();
+    given_balance(&store, "u", 1).await;
     let attempts = Arc::new(AtomicU32::new(0));
     // When a transaction reads it, and someone else writes it before the transaction commits
     store
@@ -188,10 +187,7 @@ async fn a_transaction_reads_one_snapshot() {
     // Given two balances
     let store = fresh_store().await;
     for user in ["a", "b"] {
-        store
-            .set(collections::USERS, user, &UserDoc { balance: 1 })
-            .await
-            .unwrap();
+        given_balance(&store, user, 1).await;
     }
     // When a transaction reads one, someone writes the other, and the transaction reads it
     let seen = store
@@ -219,10 +215,7 @@ async fn a_transaction_reads_one_snapshot() {
 #[tokio::test]
 async fn reads_of_missing_and_repeated_documents_in_one_transaction() {
     let store = fresh_store().await;
-    store
-        .set(collections::USERS, "here", &UserDoc { balance: 3 })
-        .await
-        .unwrap();
+    given_balance(&store, "here", 3).await;
     let seen = store
         .transaction("reads", |mut tx| {
             async move {
