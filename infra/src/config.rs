@@ -11,6 +11,7 @@
 //! | `SAGA_PUSH_AUDIENCE` | audience of push tokens (the service URL); turns push auth on | none |
 //! | `SAGA_PUSH_SERVICE_ACCOUNT` | the push service account's email; with the audience | none |
 //! | `SAGA_PUSH_JWKS_URL` | where the token signing keys are | Google's |
+//! | `SAGA_PUSH_IAM_FRONTED` | `true`: only reachable through Cloud Run's invoker check, so a token whose signature Cloud Run removed is accepted after its claims are checked | `false` |
 //! | `SAGA_PUSH_AUTH` | `disabled` turns push auth off explicitly | on in the cloud |
 //! | `SAGA_TIMEOUT_SECS` | a saga not terminal after this long is failed (`timeout`) | 300 |
 //! | `SAGA_OUTBOX_GRACE_SECS` | the sweep republishes outbox records older than this | 30 |
@@ -144,17 +145,16 @@ impl Config {
                 reason: "expected a port number",
             })?,
         };
-        let fault_injection = match set("SAGA_FAULT_INJECTION").as_deref() {
-            None | Some("false" | "0") => false,
-            Some("true" | "1") => true,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "SAGA_FAULT_INJECTION",
-                    value: other.to_owned(),
-                    reason: "expected true or false",
-                });
-            }
+        let flag = |name: &'static str| match set(name).as_deref() {
+            None | Some("false" | "0") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(other) => Err(ConfigError::Invalid {
+                name,
+                value: other.to_owned(),
+                reason: "expected true or false",
+            }),
         };
+        let fault_injection = flag("SAGA_FAULT_INJECTION")?;
         let bind = match set("SAGA_BIND") {
             None if local => IpAddr::from([127, 0, 0, 1]),
             None => IpAddr::from([0, 0, 0, 0]),
@@ -181,6 +181,7 @@ impl Config {
                 audience,
                 service_account,
                 jwks_url: set("SAGA_PUSH_JWKS_URL").unwrap_or_else(|| GOOGLE_JWKS_URL.into()),
+                iam_fronted: flag("SAGA_PUSH_IAM_FRONTED")?,
             }),
             (None, Some(_), None) => {
                 return Err(ConfigError::PushAuthIncomplete(
@@ -272,6 +273,16 @@ mod tests {
             panic!("push auth off in the cloud");
         };
         assert_eq!(oidc.jwks_url, GOOGLE_JWKS_URL);
+        assert!(
+            !oidc.iam_fronted,
+            "a removed signature is refused unless declared"
+        );
+        let mut fronted = CLOUD.to_vec();
+        fronted.push(("SAGA_PUSH_IAM_FRONTED", "true"));
+        let PushAuth::Oidc(oidc) = config(&fronted).unwrap().push_auth else {
+            panic!("push auth off");
+        };
+        assert!(oidc.iam_fronted);
         assert_eq!(
             config(&[("GOOGLE_CLOUD_PROJECT", "shop")]),
             Err(ConfigError::PushAuthRequired)

@@ -2,7 +2,8 @@
 //!
 //! - [`topology`]: topics, subscriptions and who consumes what, defined once;
 //! - [`events`]: the event contracts and the order's status machine;
-//! - [`push`], [`push_auth`]: the Pub/Sub push envelope, and its OIDC authentication;
+//! - [`push`], [`push_auth`], [`keys`]: the Pub/Sub push envelope, its OIDC authentication,
+//!   and Google's signing keys;
 //! - [`store`]: Firestore documents and transactions;
 //! - [`outbox`] and [`publisher`]: events committed with their effect, published after;
 //! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod events;
+pub mod keys;
 pub mod outbox;
 pub mod publisher;
 pub mod push;
@@ -19,6 +21,8 @@ pub mod runtime;
 pub mod step;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod timeline;
 pub mod topology;
 pub mod trace;

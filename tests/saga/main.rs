@@ -4,6 +4,7 @@ mod bad_input;
 mod bench;
 mod browser;
 mod cli;
+mod cloud_run;
 mod deploy;
 mod duplicates;
 mod failures;

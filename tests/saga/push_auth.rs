@@ -3,38 +3,17 @@
 //! account, and processes those with one; on the emulator, which opens a connection for
 //! every push and never reuses one, a push route closes its connection after answering.
 
-use axum::Router;
-use axum::routing::get;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use saga_infra::config::PushAuth;
 use saga_infra::events::{Event, EventBody, OrderDetails};
 use saga_infra::push_auth::OidcSettings;
+use saga_infra::testing::{KEY_1, KeyServer, PUSHER, google_claims};
 use saga_infra::topology::Function;
 use uuid::Uuid;
 
 use crate::helpers::{Options, ack_kind, spawn_app, spawn_app_with};
 
-const KEY: &[u8] = include_bytes!("../../infra/tests/fixtures/push-auth-test-key.pem");
-const JWKS: &str = include_str!("../../infra/tests/fixtures/push-auth-test-jwks.json");
-const PUSHER: &str = "saga-push@shop.iam.gserviceaccount.com";
-
-async fn jwks_server() -> String {
-    let app = Router::new().route("/certs", get(|| async { JWKS }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/certs")
-}
-
 fn token(audience: &str, email: &str) -> String {
-    let now = jiff::Timestamp::now().as_second();
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("test-key-1".into());
-    let claims = serde_json::json!({
-        "iss": "https://accounts.google.com", "aud": audience, "email": email,
-        "email_verified": true, "iat": now, "exp": now + 600,
-    });
-    encode(&header, &claims, &EncodingKey::from_rsa_pem(KEY).unwrap()).unwrap()
+    KEY_1.sign(&google_claims(audience, email, 600))
 }
 
 /// The body of a push of a new order's `order-requested` event to `frontend-sub`.
@@ -56,10 +35,12 @@ fn order_requested_push() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_with_push_auth_accepts_only_the_push_identity() {
     let audience = "https://saga-order-1.europe-west1.run.app";
+    let keys = KeyServer::start(&[KEY_1]).await;
     let settings = OidcSettings {
         audience: audience.into(),
         service_account: PUSHER.into(),
-        jwks_url: jwks_server().await,
+        jwks_url: keys.url.clone(),
+        iam_fronted: false,
     };
     let mut app = spawn_app_with(Options::default()).await;
     app.stop(Function::Order).await;
