@@ -26,7 +26,48 @@ pub struct Runtime {
     pub publisher: EventPublisher,
     /// The marks of published outbox records, written in the background in batches.
     pub marks: Marks,
+    /// Fires when the process is asked to stop: what never ends by itself (a live stream)
+    /// ends then.
+    pub stopping: Stopping,
 }
+
+/// The process is stopping (SIGTERM): long-lived answers end so the server can.
+#[derive(Clone, Debug)]
+pub struct Stopping {
+    sender: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Stopping {
+    fn default() -> Stopping {
+        Stopping {
+            sender: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+impl Stopping {
+    pub fn trigger(&self) {
+        self.sender.send_replace(true);
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.sender.borrow()
+    }
+
+    /// Resolves once the process is stopping.
+    pub async fn wait(&self) {
+        let mut receiver = self.sender.subscribe();
+        // The sender lives as long as `self`: this only ends when the flag is set.
+        let _ = receiver.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// Cloud Run sends SIGTERM, then SIGKILL 10 s later ("Container runtime contract"; the
+/// instance keeps its CPU between the two). What a stopping function does in that time:
+/// requests in flight get [`DRAIN`] to finish, then the queued outbox marks get
+/// [`FLUSH`] to be written; what is cut short costs a redelivery or a republish, never state.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+pub const FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -67,6 +108,7 @@ impl Runtime {
             marks: Marks::new(store.clone()),
             store,
             publisher,
+            stopping: Stopping::default(),
         })
     }
 }
@@ -111,15 +153,30 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then finishes requests in flight.
+    /// Serves until `shutdown` resolves, then gives requests in flight up to [`DRAIN`] to
+    /// finish and closes what is still open.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartupError::Serve)
+        let draining = Arc::new(tokio::sync::Notify::new());
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown({
+            let draining = draining.clone();
+            async move {
+                shutdown.await;
+                draining.notify_one();
+            }
+        });
+        tokio::select! {
+            served = serve => served.map_err(StartupError::Serve),
+            () = async {
+                draining.notified().await;
+                tokio::time::sleep(DRAIN).await;
+            } => {
+                tracing::warn!(drain = ?DRAIN, "requests still open when stopping: closed");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -202,6 +259,7 @@ async fn run(
     }
     let runtime = Runtime::connect(function, config.clone()).await?;
     let marks = runtime.marks.clone();
+    let stopping = runtime.stopping.clone();
     let server = Server::bind(function, &config, router(runtime)).await?;
     if let Some(interval) = config.sweep_interval {
         tokio::spawn(sweep_periodically(function, server.local_addr(), interval));
@@ -216,8 +274,17 @@ async fn run(
         sweep_interval_s = config.sweep_interval.map(|i| i.as_secs()),
         "{function} ready"
     );
-    server.run(shutdown).await?;
+    server
+        .run(async move {
+            shutdown.await;
+            tracing::info!("stopping: streams end, requests in flight finish");
+            stopping.trigger();
+        })
+        .await?;
     // Cloud Run still gives the instance CPU after SIGTERM: write the marks it holds.
-    marks.flush().await;
+    if tokio::time::timeout(FLUSH, marks.flush()).await.is_err() {
+        tracing::warn!(flush = ?FLUSH, "outbox marks not all written before stopping");
+    }
+    tracing::info!("{function} stopped");
     Ok(())
 }

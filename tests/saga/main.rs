@@ -14,4 +14,5 @@ mod helpers;
 mod observability;
 mod push_auth;
 mod saga_up;
+mod shutdown;
 mod transactions;

@@ -444,6 +444,8 @@ async fn stream_orders(
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event as Sse, KeepAlive};
+    use futures::StreamExt;
+    let stopping = rt.stopping.clone();
     let page = live.subscribe(move || {
         let rt = rt.clone();
         async move {
@@ -461,6 +463,8 @@ async fn stream_orders(
         let event = Sse::default().event("orders").data(orders.as_ref());
         Some((Ok(event), (page, false)))
     });
+    // A stream never ends by itself: it ends when the process stops, so the server can.
+    let stream = stream.take_until(async move { stopping.wait().await });
     axum::response::Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

@@ -1,0 +1,95 @@
+//! Shutdown as Cloud Run does it: SIGTERM, then SIGKILL 10 s later. A function with open
+//! live streams and queued outbox marks stops within that time, its marks written.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use saga_infra::store::{OutboxRecord, collections};
+use saga_infra::topology::Function;
+use serde_json::json;
+use tokio::process::Command;
+
+use crate::helpers::spawn_app;
+
+/// Cloud Run's grace period between SIGTERM and SIGKILL.
+const SIGKILL_AFTER: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_with_open_streams_stops_within_cloud_runs_grace_with_its_marks_written() {
+    let mut app = spawn_app().await;
+    // The frontend as its container runs it: its own process, configured from the environment.
+    app.stop(Function::Frontend).await;
+    let port = app.ports[&Function::Frontend];
+    let hosts = crate::helpers::hosts().await;
+    let mut frontend = Command::new(env!("CARGO_BIN_EXE_saga"))
+        .args(["serve", "frontend"])
+        .env("PORT", port.to_string())
+        .env("GOOGLE_CLOUD_PROJECT", &app.project)
+        .env("PUBSUB_EMULATOR_HOST", &hosts.pubsub)
+        .env("FIRESTORE_EMULATOR_HOST", &hosts.firestore)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the frontend");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !saga::up::http_ok(port, "/healthz").await {
+        assert!(Instant::now() < deadline, "the frontend did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Three open pages, each stream answered at least once.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let response = app
+            .http
+            .get(app.url(Function::Frontend, "/orders/stream"))
+            .send()
+            .await
+            .expect("opening a stream");
+        assert_eq!(response.status(), 200);
+        let mut body = response;
+        let first = tokio::time::timeout(Duration::from_secs(10), body.chunk()).await;
+        assert!(matches!(first, Ok(Ok(Some(_)))), "the stream answers");
+        streams.push(body);
+    }
+    // An order whose outbox mark is queued (written in the background) when SIGTERM comes.
+    let id = app
+        .place(json!({"item": "widget", "quantity": 1, "user": "jack"}))
+        .await;
+    let pid = frontend.id().expect("a running frontend");
+    let asked = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let exited = tokio::time::timeout(SIGKILL_AFTER, frontend.wait()).await;
+    let took = asked.elapsed();
+    let status = exited
+        .unwrap_or_else(|_| {
+            panic!("still running {SIGKILL_AFTER:?} after SIGTERM: Cloud Run would SIGKILL it")
+        })
+        .expect("waiting for the frontend");
+    assert!(status.success(), "stopped cleanly: {status}");
+    // Every stream ended: the server closed them, it did not hang on them.
+    for mut body in streams {
+        let end = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(Some(_)) = body.chunk().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "a stream still open after the process exited");
+    }
+    // The mark queued at SIGTERM was written before the process exited.
+    let outbox: Vec<(String, OutboxRecord)> = app.docs(collections::OUTBOX).await;
+    let record = outbox
+        .iter()
+        .find(|(_, r)| r.order_id == id.to_string())
+        .map(|(_, r)| r)
+        .expect("the order's outbox record");
+    assert!(
+        record.published,
+        "published and marked before exit ({took:?})"
+    );
+}
