@@ -103,17 +103,31 @@ fn quantity(fields: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+///
+/// Besides its length and characters, a key must be usable as a Firestore document id, so a
+/// key the store would refuse is answered 400 here, not 503 (a retry would fail forever):
+/// no `/`, not `.` or `..`, not `__...__` (Firestore, "Limits": document ids).
 pub fn idempotency_key(value: &[u8]) -> Result<String, FieldError> {
     let valid = !value.is_empty()
         && value.len() <= MAX_IDEMPOTENCY_KEY_LEN
         && value.iter().all(|b| b.is_ascii_graphic());
-    match std::str::from_utf8(value) {
-        Ok(key) if valid => Ok(key.to_owned()),
-        _ => Err(FieldError::new(
+    let key = match std::str::from_utf8(value) {
+        Ok(key) if valid => key,
+        _ => {
+            return Err(FieldError::new(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            ));
+        }
+    };
+    let reserved = key.len() >= 4 && key.starts_with("__") && key.ends_with("__");
+    if key.contains('/') || key == "." || key == ".." || reserved {
+        return Err(FieldError::new(
             "Idempotency-Key",
-            "must be 1 to 255 visible ASCII characters",
-        )),
+            "must not contain '/', be '.' or '..', or start and end with '__'",
+        ));
     }
+    Ok(key.to_owned())
 }
 
 #[cfg(test)]
@@ -191,6 +205,17 @@ mod tests {
         assert_eq!(idempotency_key(b"abc-123").unwrap(), "abc-123");
         for bad in [&b""[..], b"has space", "é".as_bytes(), &[b'k'; 256]] {
             assert!(idempotency_key(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_firestore_cannot_use_as_an_id_are_refused() {
+        for bad in ["a/b", "/", ".", "..", "__x__", "____"] {
+            let e = idempotency_key(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.field, "Idempotency-Key", "{bad}");
+        }
+        for good in ["...", "_x_", "__x", "x__", "a.b", "__"] {
+            assert!(idempotency_key(good.as_bytes()).is_ok(), "{good}");
         }
     }
 }
