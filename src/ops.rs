@@ -15,7 +15,7 @@ use saga_infra::store::{OrderDoc, ParkedMessage, RequestDoc, Store, StoreError, 
 use saga_infra::timeline::{self, EntryKind};
 use saga_infra::topology::{PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS};
 
-use crate::pubsub_rest::{PubsubRest, RestError};
+use crate::pubsub_rest::{PubsubRest, Received, RestError};
 
 /// Which project, and where its Firestore and Pub/Sub are.
 #[derive(Debug, Clone, clap::Args)]
@@ -248,6 +248,9 @@ fn describe(data: &[u8]) -> (String, String) {
     )
 }
 
+/// Most dead letters a listing peeks at in one subscription.
+pub const LIST_LIMIT: usize = 10_000;
+
 /// Parked messages (from Firestore) and dead letters (peeked from every dead-letter pull
 /// subscription, and left there).
 pub async fn dlq_list(store: &Store, pubsub: &PubsubRest) -> Result<Vec<DeadLetter>, OpsError> {
@@ -264,43 +267,69 @@ pub async fn dlq_list(store: &Store, pubsub: &PubsubRest) -> Result<Vec<DeadLett
             order_id,
         });
     }
-    for subscription in dead_letter_subscriptions() {
-        let messages = pubsub.pull_all(subscription, 1_000).await?;
-        let ack_ids: Vec<String> = messages.iter().map(|m| m.ack_id.clone()).collect();
-        for m in &messages {
+    // Each subscription's letters are held until every one is seen (released at once, each
+    // would be pulled again); the subscriptions are peeked at the same time.
+    let peeks = dead_letter_subscriptions().map(|subscription| async move {
+        let mut held = Vec::new();
+        let mut batches = pubsub.batches(subscription, LIST_LIMIT);
+        while let Some(batch) = batches.next().await? {
+            held.extend(batch);
+        }
+        Ok::<_, RestError>((subscription, held))
+    });
+    for peeked in futures::future::join_all(peeks).await {
+        let (subscription, held) = peeked?;
+        for m in &held {
             let (event_type, order_id) = describe(&m.data);
             let attempts = m
                 .attributes
-                .get("CloudPubSubDeadLetterSourceDeliveryCount")
+                .get(DEAD_LETTER_ATTEMPTS)
                 .cloned()
                 .unwrap_or_else(|| "?".into());
             all.push(DeadLetter {
                 place: subscription.into(),
                 id: m.message_id.clone(),
-                source: source_subscription(&m.attributes, subscription),
+                source: source_subscription(&m.attributes).unwrap_or_else(|| "?".into()),
                 reason: format!("dead-lettered after {attempts} delivery attempts"),
                 event_type,
                 order_id,
             });
         }
-        pubsub.nack(subscription, &ack_ids).await?;
+        release(pubsub, subscription, &held).await;
     }
     Ok(all)
 }
 
-/// The subscription a dead letter came from: Pub/Sub's attribute, or the topology.
-fn source_subscription(attributes: &BTreeMap<String, String>, dlq_subscription: &str) -> String {
-    if let Some(path) = attributes.get("CloudPubSubDeadLetterSourceSubscription") {
-        return path.rsplit('/').next().unwrap_or(path).to_owned();
+/// The attributes Pub/Sub adds to a dead letter ("Dead-letter topics": the source
+/// subscription's short name, and how often it was delivered there).
+const DEAD_LETTER_SOURCE: &str = "CloudPubSubDeadLetterSourceSubscription";
+const DEAD_LETTER_ATTEMPTS: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
+
+/// The subscription a dead letter came from, as Pub/Sub recorded it; never guessed (a guess
+/// sends one step's letters to another's topic).
+fn source_subscription(attributes: &BTreeMap<String, String>) -> Option<String> {
+    attributes
+        .get(DEAD_LETTER_SOURCE)
+        .map(|path| path.rsplit('/').next().unwrap_or(path).to_owned())
+}
+
+/// Hands held messages back to their subscription. A message whose lease already ran out is
+/// back anyway, so a failure here loses nothing; it is only reported.
+async fn release(pubsub: &PubsubRest, subscription: &str, held: &[Received]) {
+    let ack_ids: Vec<String> = held.iter().map(|m| m.ack_id.clone()).collect();
+    if let Err(error) = pubsub.nack(subscription, &ack_ids).await {
+        tracing::warn!(%error, subscription, "held dead letters not released; they return when their lease ends");
     }
-    let topic = PULL_SUBSCRIPTIONS
+}
+
+/// A dead letter's attributes as redriven: Pub/Sub's dead-letter ones dropped, marked.
+fn redriven_attributes(attributes: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    attributes
         .iter()
-        .find(|p| p.name == dlq_subscription)
-        .map(|p| p.topic);
-    PUSH_SUBSCRIPTIONS
-        .iter()
-        .find(|s| Some(s.dead_letter_topic) == topic)
-        .map_or_else(String::new, |s| s.name.to_owned())
+        .filter(|(k, _)| !k.starts_with("CloudPubSubDeadLetter"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain([("redriven".to_owned(), "true".to_owned())])
+        .collect()
 }
 
 fn topic_of(subscription: &str) -> Option<&'static str> {
@@ -326,11 +355,18 @@ pub struct Redriven {
     pub republished: usize,
     /// Parked messages whose original data could not be recovered.
     pub unrecoverable: usize,
+    /// Dead letters without the source subscription Pub/Sub records: left where they are,
+    /// by message id.
+    pub left_in_place: Vec<String>,
 }
 
 /// Republishes dead letters of `place` (`parked`, or a dead-letter pull subscription) to
-/// the topic they were meant for, marked `redriven=true`, and removes them from where they
-/// were. Run it once the cause is fixed.
+/// the topic of the subscription they came from, marked `redriven=true`, and removes them
+/// from where they were. Run it once the cause is fixed.
+///
+/// A dead-letter subscription is worked through in batches: pull, publish each batch to its
+/// topics, acknowledge what was published, well within the ack deadline. A letter without
+/// its source subscription is not guessed at: it is left in place and reported.
 pub async fn dlq_redrive(
     store: &Store,
     pubsub: &PubsubRest,
@@ -374,29 +410,38 @@ pub async fn dlq_redrive(
             known.join(", ")
         )));
     }
-    let messages = pubsub.pull_all(place, 10_000).await?;
-    let (chosen, others): (Vec<_>, Vec<_>) =
-        messages.into_iter().partition(|m| wanted(&m.message_id));
-    let release: Vec<String> = others.iter().map(|m| m.ack_id.clone()).collect();
-    pubsub.nack(place, &release).await?;
-    let bar = bar(chosen.len(), "redriving", progress);
-    for m in chosen {
-        let source = source_subscription(&m.attributes, place);
-        let Some(topic) = topic_of(&source) else {
-            report.unrecoverable += 1;
-            continue;
-        };
-        let mut attributes: BTreeMap<String, String> = m
-            .attributes
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("CloudPubSubDeadLetter"))
-            .collect();
-        attributes.insert("redriven".into(), "true".into());
-        pubsub.publish(topic, &m.data, &attributes).await?;
-        pubsub.ack(place, std::slice::from_ref(&m.ack_id)).await?;
-        report.republished += 1;
-        bar.inc(1);
+    let bar = bar(0, "redriving", progress);
+    // Not redriven now: other letters (with --id) and letters without a source. Held until
+    // the end, so that each is pulled once.
+    let mut held: Vec<Received> = Vec::new();
+    let mut batches = pubsub.batches(place, usize::MAX);
+    while let Some(batch) = batches.next().await? {
+        let (chosen, others): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|m| wanted(&m.message_id));
+        held.extend(others);
+        let mut by_topic: BTreeMap<&'static str, Vec<Received>> = BTreeMap::new();
+        for m in chosen {
+            match source_subscription(&m.attributes).and_then(|s| topic_of(&s)) {
+                Some(topic) => by_topic.entry(topic).or_default().push(m),
+                None => {
+                    report.left_in_place.push(m.message_id.clone());
+                    held.push(m);
+                }
+            }
+        }
+        for (topic, letters) in by_topic {
+            let messages: Vec<(Vec<u8>, BTreeMap<String, String>)> = letters
+                .iter()
+                .map(|m| (m.data.clone(), redriven_attributes(&m.attributes)))
+                .collect();
+            pubsub.publish_all(topic, &messages).await?;
+            let ack_ids: Vec<String> = letters.iter().map(|m| m.ack_id.clone()).collect();
+            pubsub.ack(place, &ack_ids).await?;
+            report.republished += letters.len();
+            bar.inc(letters.len() as u64);
+        }
     }
+    release(pubsub, place, &held).await;
     bar.finish_and_clear();
     Ok(report)
 }

@@ -260,11 +260,16 @@ async fn dlq(command: DlqCommand) -> ExitCode {
             };
             match run.await {
                 Ok(r) => {
+                    for id in &r.left_in_place {
+                        println!("{id}: no source subscription recorded, left in place");
+                    }
                     println!(
-                        "{} republished, {} unrecoverable",
-                        r.republished, r.unrecoverable
+                        "{} republished, {} unrecoverable, {} left in place",
+                        r.republished,
+                        r.unrecoverable,
+                        r.left_in_place.len()
                     );
-                    if r.unrecoverable > 0 {
+                    if r.unrecoverable > 0 || !r.left_in_place.is_empty() {
                         ExitCode::FAILURE
                     } else {
                         ExitCode::SUCCESS

@@ -402,7 +402,10 @@ impl TestApp {
                 Instant::now() < deadline,
                 "{subscription}: not found in {messages:?}"
             );
-            let received = pubsub.pull(subscription, 100).await.expect("pull");
+            let received = pubsub
+                .pull(subscription, 100, Duration::from_secs(5))
+                .await
+                .expect("pull");
             let ack_ids: Vec<String> = received.iter().map(|m| m.ack_id.clone()).collect();
             for m in received {
                 let event = serde_json::from_slice(&m.data).expect("an event");

@@ -5,6 +5,7 @@ mod bench;
 mod browser;
 mod cli;
 mod cloud_run;
+mod dead_letters;
 mod deploy;
 mod duplicates;
 mod failures;
