@@ -24,12 +24,15 @@
 //! contents of `lifecycle`/`provisioner`/`connection`, other providers' resources, and
 //! `moved`/`removed` blocks (they name resources no longer declared).
 
+pub mod check;
 pub mod dts;
 pub mod fetch;
 
 use std::path::{Path, PathBuf};
 
-/// What can keep the check from running.
+pub use check::{Finding, FindingKind, check_dir};
+
+/// What can keep the check from running (as opposed to a [`Finding`] in the Terraform).
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("npm is not on PATH: it is needed once to fetch the provider schema packages")]
