@@ -1,7 +1,7 @@
 //! Checks the project's Terraform against the google provider's schema without the provider.
 //!
 //! `terraform validate` needs the hashicorp/google provider binary, and it cannot be
-//! downloaded here (only the crates.io, npm, PyPI and Debian registries are reachable). The
+//! downloaded here (this machine reaches package registries only, npm among them). The
 //! provider's schema also ships as generated TypeScript declarations in the cdktf npm
 //! packages, pinned in [`fetch`]: `@cdktf/provider-google@16.12.1` (hashicorp/google 6.50.0)
 //! and `@cdktf/provider-google-beta@16.12.1` (hashicorp/google-beta 6.50.0). [`dts`] reads a
