@@ -3,7 +3,12 @@ data "google_project" "this" {
 }
 
 locals {
+  # Every API the apply and the running saga need: Cloud Resource Manager for the project's
+  # number, IAM and IAM credentials for identities and their tokens, Monitoring and Logging
+  # for the alerts and the log-based metric.
   apis = [
+    "cloudresourcemanager.googleapis.com",
+    "serviceusage.googleapis.com",
     "run.googleapis.com",
     "pubsub.googleapis.com",
     "firestore.googleapis.com",
@@ -11,15 +16,24 @@ locals {
     "cloudscheduler.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",
+    "monitoring.googleapis.com",
+    "logging.googleapis.com",
   ]
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-  registry             = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.saga.repository_id}"
+  registry = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.saga.repository_id}"
 }
 
 resource "google_project_service" "apis" {
   for_each           = toset(local.apis)
   service            = each.value
   disable_on_destroy = false
+}
+
+# The Pub/Sub service agent, created now rather than whenever Pub/Sub first needs it, so the
+# roles below can be granted to it on the first apply.
+resource "google_project_service_identity" "pubsub" {
+  provider   = google-beta
+  service    = "pubsub.googleapis.com"
+  depends_on = [google_project_service.apis]
 }
 
 # Firestore (native mode), with TTL policies so idempotency and outbox records expire.
@@ -79,11 +93,12 @@ resource "google_service_account" "push" {
   depends_on   = [google_project_service.apis]
 }
 
-# The Pub/Sub service agent mints the push identity's OIDC tokens...
+# The Pub/Sub service agent mints the push identity's OIDC tokens (only those: no access
+# tokens)...
 resource "google_service_account_iam_member" "push_token_creator" {
   service_account_id = google_service_account.push.name
-  role               = "roles/iam.serviceAccountTokenCreator"
-  member             = local.pubsub_service_agent
+  role               = "roles/iam.serviceAccountOpenIdTokenCreator"
+  member             = google_project_service_identity.pubsub.member
 }
 
 # ...and forwards undeliverable messages to the dead-letter topics.
@@ -91,7 +106,7 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   for_each = toset(local.dead_letter_topics)
   topic    = google_pubsub_topic.topics[each.value].id
   role     = "roles/pubsub.publisher"
-  member   = local.pubsub_service_agent
+  member   = google_project_service_identity.pubsub.member
 }
 
 # One module per function: service account, Cloud Run service, its push subscriptions, IAM.
@@ -105,11 +120,12 @@ module "function" {
   region                     = var.region
   image                      = lookup(var.images, each.key, "${local.registry}/${each.key}:${var.image_tag}")
   public                     = each.value.public
+  firestore_database         = google_firestore_database.main.name
   publishes                  = each.value.publishes
   subscriptions              = each.value.subscriptions
   topic_ids                  = { for name, topic in google_pubsub_topic.topics : name => topic.id }
   push_service_account_email = google_service_account.push.email
-  pubsub_service_agent       = local.pubsub_service_agent
+  pubsub_service_agent       = google_project_service_identity.pubsub.member
   sweep_path                 = each.value.sweep_path
   sweep_schedule             = var.sweep_schedule
   fault_injection            = var.fault_injection

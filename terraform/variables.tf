@@ -16,15 +16,40 @@ variable "firestore_location" {
 }
 
 variable "image_tag" {
-  description = "Tag of the function images pushed to <region>-docker.pkg.dev/<project>/saga/<function>."
+  description = "Tag of this build's function images in <region>-docker.pkg.dev/<project>/saga/<function> (e.g. the commit: git rev-parse --short=12 HEAD). A new tag per build is what makes Cloud Run roll out a new revision."
   type        = string
-  default     = "latest"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be a per-build Docker tag (e.g. the commit), not \"latest\": a moving tag does not roll out a new build."
+  }
 }
 
 variable "images" {
-  description = "Full image reference per function, overriding the Artifact Registry default built from image_tag."
+  description = "Full image reference per function, overriding the Artifact Registry default built from image_tag; pin each by digest (image@sha256:...)."
   type        = map(string)
   default     = {}
+  validation {
+    condition     = alltrue([for image in values(var.images) : can(regex("@sha256:[0-9a-f]{64}$", image))])
+    error_message = "Each image in images must be pinned by digest (...@sha256:<64 hex>)."
+  }
+}
+
+variable "notification_channels" {
+  description = "Monitoring notification channels (projects/<project>/notificationChannels/<id>) the alerts go to; none: the alerts still open incidents in the console."
+  type        = list(string)
+  default     = []
+}
+
+variable "unacked_alert_minutes" {
+  description = "Alert when a push subscription's oldest unacknowledged message is older than this."
+  type        = number
+  default     = 10
+}
+
+variable "error_rate_alert" {
+  description = "Alert when more than this share of a function's requests answer 5xx over 10 minutes (early events are answered 503 and retried, so a little is normal)."
+  type        = number
+  default     = 0.05
 }
 
 variable "sweep_schedule" {

@@ -300,3 +300,154 @@ fn the_runtime_image_has_every_shared_library_the_binaries_link() {
         "TLS is rustls: nothing links OpenSSL, {needed:?}"
     );
 }
+
+/// The blocks `kind "label"...` of `body` whose labels start with `labels`.
+fn blocks<'a>(
+    body: &'a hcl::Body,
+    kind: &'a str,
+    labels: &'a [&'a str],
+) -> impl Iterator<Item = &'a hcl::Block> {
+    body.blocks().filter(move |b| {
+        b.identifier() == kind
+            && b.labels()
+                .iter()
+                .map(|l| l.as_str())
+                .take(labels.len())
+                .eq(labels.iter().copied())
+    })
+}
+
+fn text(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+#[test]
+fn the_readme_deploy_builds_for_cloud_run_and_rolls_out_each_build() {
+    let readme = text("README.md");
+    let deploy = readme
+        .split("## Deploy to Google Cloud")
+        .nth(1)
+        .expect("a deploy section");
+    let builds: Vec<&str> = deploy
+        .lines()
+        .filter(|l| l.contains("docker build"))
+        .collect();
+    assert!(!builds.is_empty(), "the deploy section builds the images");
+    for build in &builds {
+        // Cloud Run runs linux/amd64: an image built on Apple Silicon otherwise fails there.
+        assert!(build.contains("--platform linux/amd64"), "{build}");
+        assert!(build.contains(":$TAG"), "a per-build tag: {build}");
+    }
+    assert!(!deploy.contains(":latest"), "no moving tag");
+    for apply in deploy.lines().filter(|l| l.contains("terraform apply")) {
+        assert!(apply.contains("image_tag=$TAG"), "{apply}");
+    }
+    let variables = parse("terraform/variables.tf");
+    let tag = blocks(&variables, "variable", &["image_tag"])
+        .next()
+        .unwrap();
+    assert!(
+        tag.body().attributes().all(|a| a.key() != "default"),
+        "image_tag has no default: every apply names its build"
+    );
+    assert!(text("terraform/variables.tf").contains("var.image_tag != \"latest\""));
+}
+
+#[test]
+fn terraform_grants_what_the_push_path_needs_and_no_more() {
+    let main = text("terraform/main.tf");
+    // The Pub/Sub service agent is created before it is granted roles, never spelt by hand.
+    assert!(main.contains("resource \"google_project_service_identity\" \"pubsub\""));
+    assert!(
+        !main.contains("gcp-sa-pubsub"),
+        "the agent comes from the resource"
+    );
+    assert!(main.contains("roles/iam.serviceAccountOpenIdTokenCreator"));
+    assert!(!main.contains("roles/iam.serviceAccountTokenCreator"));
+    for api in [
+        "cloudresourcemanager.googleapis.com",
+        "iamcredentials.googleapis.com",
+        "monitoring.googleapis.com",
+        "logging.googleapis.com",
+    ] {
+        assert!(main.contains(api), "{api} is enabled");
+    }
+
+    let module = parse("terraform/modules/function/main.tf");
+    let firestore = blocks(
+        &module,
+        "resource",
+        &["google_project_iam_member", "firestore"],
+    )
+    .next()
+    .unwrap();
+    let condition = firestore
+        .body()
+        .blocks()
+        .find(|b| b.identifier() == "condition")
+        .expect("Firestore access limited by an IAM condition");
+    let expression = condition
+        .body()
+        .attributes()
+        .find(|a| a.key() == "expression")
+        .map(|a| hcl::format::to_string(a.expr()).unwrap())
+        .unwrap();
+    assert!(
+        expression.contains("/databases/") && expression.contains("var.firestore_database"),
+        "{expression}"
+    );
+    // Pushes and sweeps start only once their service exists and the push identity may call it.
+    for (kind, name) in [
+        ("google_pubsub_subscription", "push"),
+        ("google_cloud_scheduler_job", "sweep"),
+    ] {
+        let labels = [kind, name];
+        let block = blocks(&module, "resource", &labels).next().unwrap();
+        let depends = block
+            .body()
+            .attributes()
+            .find(|a| a.key() == "depends_on")
+            .map(|a| hcl::format::to_string(a.expr()).unwrap())
+            .unwrap_or_default();
+        for needed in [
+            "google_cloud_run_v2_service.function",
+            "google_cloud_run_v2_service_iam_member.invoker",
+        ] {
+            assert!(
+                depends.contains(needed),
+                "{kind}.{name} depends on {needed}"
+            );
+        }
+    }
+    // Behind the invoker check, functions accept the tokens Cloud Run forwards.
+    let service = text("terraform/modules/function/main.tf");
+    assert!(service.contains("SAGA_PUSH_IAM_FRONTED"));
+    assert!(service.contains("invoker_iam_disabled = var.public"));
+}
+
+#[test]
+fn terraform_alerts_on_dead_letters_stuck_pushes_timeouts_and_errors() {
+    let monitoring = parse("terraform/monitoring.tf");
+    let policies: Vec<String> =
+        blocks(&monitoring, "resource", &["google_monitoring_alert_policy"])
+            .map(|b| b.labels()[1].as_str().to_owned())
+            .collect();
+    assert_eq!(policies, ["dead_letters", "unacked", "timeouts", "errors"]);
+    let text = text("terraform/monitoring.tf");
+    for metric in [
+        "pubsub.googleapis.com/subscription/num_undelivered_messages",
+        "pubsub.googleapis.com/subscription/oldest_unacked_message_age",
+        "run.googleapis.com/request_count",
+    ] {
+        assert!(text.contains(metric), "{metric}");
+    }
+    assert!(text.contains("notification_channels = var.notification_channels"));
+    // The log-based metric counts exactly the janitor's line.
+    assert!(
+        text.contains(&format!(
+            "jsonPayload.message=\\\"{}\\\"",
+            saga_janitor::TIMED_OUT_LOG
+        )),
+        "the timeout metric's filter names the janitor's log line"
+    );
+}

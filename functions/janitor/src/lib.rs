@@ -291,6 +291,10 @@ pub fn router(runtime: Runtime) -> Router {
     step::push_only(&runtime, router)
 }
 
+/// The log line of a saga failed by timeout: a log-based metric in Terraform counts it
+/// (terraform/monitoring.tf), and tests/saga/deploy.rs keeps the two equal.
+pub const TIMED_OUT_LOG: &str = "saga timed out";
+
 /// What a timeout sweep did.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TimeoutReport {
@@ -348,7 +352,7 @@ async fn sweep_timeouts(State(runtime): State<Runtime>) -> Result<Json<TimeoutRe
                 step: "timeout".into(),
             },
         );
-        tracing::warn!(%order_id, status = %order.status, "saga timed out");
+        tracing::warn!(%order_id, status = %order.status, "{TIMED_OUT_LOG}");
         if let Ack::Processed { .. } =
             step::run_once(&runtime, "timeout-sweep", Arc::new(JanitorStep), event).await?
         {

@@ -10,11 +10,18 @@ resource "google_service_account" "function" {
   display_name = "The saga's ${var.name} function"
 }
 
-# Firestore: read and write documents (Firestore IAM has no finer grain than the database).
+# Firestore: read and write documents of the saga's database only (an IAM condition on the
+# database's name: Firestore, "Configure per-database access permissions"). Firestore IAM has
+# no finer grain than a database.
 resource "google_project_iam_member" "firestore" {
   project = var.project_id
   role    = "roles/datastore.user"
   member  = "serviceAccount:${google_service_account.function.email}"
+  condition {
+    title       = "saga-database-only"
+    description = "Only the saga's Firestore database."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
+  }
 }
 
 # Publish only to the topics it publishes to.
@@ -29,8 +36,14 @@ resource "google_cloud_run_v2_service" "function" {
   name                = local.service
   location            = var.region
   deletion_protection = false
-  # Pub/Sub push and Cloud Scheduler count as internal traffic; only the frontend faces users.
+  # Pub/Sub push and Cloud Scheduler count as internal traffic (same project, run.app URL:
+  # Cloud Run, "Restrict network ingress"); only the frontend faces users.
   ingress = var.public ? "INGRESS_TRAFFIC_ALL" : "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  # The frontend is public by turning the invoker check off (Cloud Run's recommended way,
+  # and one that works where domain-restricted sharing forbids allUsers): Cloud Run then
+  # neither checks nor alters tokens, and the function verifies its sweep calls' tokens in
+  # full. The other services keep the check: only the push identity may invoke them.
+  invoker_iam_disabled = var.public
 
   template {
     service_account = google_service_account.function.email
@@ -66,6 +79,12 @@ resource "google_cloud_run_v2_service" "function" {
         name  = "SAGA_PUSH_SERVICE_ACCOUNT"
         value = var.push_service_account_email
       }
+      # Behind the invoker check, Cloud Run verifies a push token's signature and forwards it
+      # with the signature removed: the function then checks its claims (infra/src/push_auth.rs).
+      env {
+        name  = "SAGA_PUSH_IAM_FRONTED"
+        value = tostring(!var.public)
+      }
       startup_probe {
         http_get {
           path = "/healthz"
@@ -82,12 +101,14 @@ resource "google_cloud_run_v2_service" "function" {
   }
 }
 
-# The frontend is the shop's public API; the other functions only take Pub/Sub pushes.
+# Only the push identity may invoke an internal function (Pub/Sub pushes and the scheduler's
+# sweeps both carry its token); the frontend has no invoker check at all.
 resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  count    = var.public ? 0 : 1
   name     = google_cloud_run_v2_service.function.name
   location = var.region
   role     = "roles/run.invoker"
-  member   = var.public ? "allUsers" : "serviceAccount:${var.push_service_account_email}"
+  member   = "serviceAccount:${var.push_service_account_email}"
 }
 
 resource "google_pubsub_subscription" "push" {
@@ -121,6 +142,13 @@ resource "google_pubsub_subscription" "push" {
       audience              = local.url
     }
   }
+
+  # The endpoint is a URL known before the service exists: without these, pushes would start
+  # before the service, or before the push identity may invoke it, and dead-letter.
+  depends_on = [
+    google_cloud_run_v2_service.function,
+    google_cloud_run_v2_service_iam_member.invoker,
+  ]
 }
 
 # Pub/Sub acknowledges a message on the source subscription when it dead-letters it.
@@ -148,4 +176,9 @@ resource "google_cloud_scheduler_job" "sweep" {
       audience              = local.url
     }
   }
+
+  depends_on = [
+    google_cloud_run_v2_service.function,
+    google_cloud_run_v2_service_iam_member.invoker,
+  ]
 }

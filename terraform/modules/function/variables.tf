@@ -25,6 +25,11 @@ variable "public" {
   type        = bool
 }
 
+variable "firestore_database" {
+  description = "The Firestore database the function may use (its id, e.g. (default))."
+  type        = string
+}
+
 variable "publishes" {
   description = "Topics the function may publish to."
   type        = list(string)
