@@ -123,6 +123,9 @@ pub struct Floor {
     pub pubsub_hop: Latency,
     /// A bare read-then-write transaction, within that run.
     pub firestore_txn: Latency,
+    /// A trivial order's operations (counted by its store, as the functions count theirs).
+    #[serde(default)]
+    pub cost: Option<crate::bench_cost::OrderCost>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -172,6 +175,14 @@ pub struct BenchResult {
     /// functions' logs.
     #[serde(default)]
     pub contention: Option<crate::bench_bounds::Contention>,
+    /// The measured orders' Firestore and Pub/Sub operations and CPU, per order, counted by
+    /// the functions, and their price.
+    #[serde(default)]
+    pub cost: Option<crate::bench_cost::OrderCost>,
+    /// One round of every function's sweep (the schedule runs one a minute), after the
+    /// measured orders: not counted in the orders' cost.
+    #[serde(default)]
+    pub sweeps_per_minute: Option<crate::bench_cost::Ops>,
     /// End-to-end latencies in milliseconds, for the histogram.
     pub samples_ms: Vec<f64>,
 }
@@ -445,8 +456,10 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let me = std::process::id();
     let driver_cpu_before = cpu(&[me]);
     let logs = crate::bench_bounds::LogMarks::now(&stack.logs);
+    let meters_before = meters(stack).await?;
 
     let drive = drive(args, &base, &store).await?;
+    let meters_after = meters(stack).await?;
     // Resources first, before reading the timeline adds its own load.
     let fn_cpu_after: BTreeMap<Function, u64> =
         pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
@@ -522,6 +535,16 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             },
         );
     }
+    let fn_cpu_ms: f64 = pids
+        .keys()
+        .map(|f| (fn_cpu_after[f] - fn_cpu_before[f]) as f64)
+        .sum::<f64>()
+        / procfs::TICKS_PER_SECOND
+        * 1000.0
+        / args.count as f64;
+    let orders = meters_after.orders.since(&meters_before.orders);
+    result.cost = cost(&orders, args.count as f64, fn_cpu_ms);
+    result.sweeps_per_minute = Some(sweep_round(stack).await?);
     let report = check_settled(&store, &baseline, crate::up::SETTLE).await?;
     result.invariants_held = report.holds() && result.unfinished == 0;
     result.checked_orders = report.orders.values().sum();
@@ -533,6 +556,72 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     }
     write(args, &result)?;
     Ok(result)
+}
+
+/// Every function's operation counts, summed.
+async fn meters(stack: &Stack) -> Result<saga_infra::meter::Metered, BenchError> {
+    let http = reqwest::Client::new();
+    let mut sum = saga_infra::meter::Metered::default();
+    for (function, port) in &stack.ports {
+        let url = format!("http://127.0.0.1:{port}{}", saga_infra::step::METER_PATH);
+        let m: saga_infra::meter::Metered = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| BenchError::Other(format!("{function}'s meter: {e}")))?
+            .json()
+            .await
+            .map_err(|e| BenchError::Other(format!("{function}'s meter: {e}")))?;
+        sum.orders = sum.orders.plus(&m.orders);
+        sum.sweeps = sum.sweeps.plus(&m.sweeps);
+    }
+    Ok(sum)
+}
+
+/// The price of `counts` over `orders` orders, with `cpu_ms` of function CPU an order. Each
+/// publish is one request to a function (the POST for the first, a push for the others).
+pub(crate) fn cost(
+    counts: &saga_infra::meter::Counts,
+    orders: f64,
+    cpu_ms: f64,
+) -> Option<crate::bench_cost::OrderCost> {
+    use crate::bench_cost::{Ops, OrderCost, PRICES, Prices, per_million};
+    let prices = match Prices::load(Path::new(PRICES)) {
+        Ok(prices) => prices,
+        Err(error) => {
+            eprintln!("no cost per million orders: {error}");
+            return None;
+        }
+    };
+    let per_order = Ops::per(counts, orders);
+    Some(OrderCost {
+        cpu_ms: round(cpu_ms),
+        requests: per_order.publishes,
+        per_million_usd: per_million(&prices, &per_order, cpu_ms, per_order.publishes),
+        per_order,
+        prices_as_of: prices.as_of,
+    })
+}
+
+/// Calls every function's sweep once, as the schedule does every minute, and counts what
+/// the round cost.
+async fn sweep_round(stack: &Stack) -> Result<crate::bench_cost::Ops, BenchError> {
+    let http = reqwest::Client::new();
+    let before = meters(stack).await?;
+    for (function, port) in &stack.ports {
+        let url = format!("http://127.0.0.1:{port}{}", function.sweep_path());
+        http.post(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| BenchError::Other(format!("{function}'s sweep: {e}")))?;
+    }
+    let after = meters(stack).await?;
+    Ok(crate::bench_cost::Ops::per(
+        &after.sweeps.since(&before.sweeps),
+        1.0,
+    ))
 }
 
 pub(crate) fn round(x: f64) -> f64 {
@@ -915,6 +1004,15 @@ pub fn table(r: &BenchResult) -> String {
             r.driver_cpu_s_per_1000_orders
         ));
     }
+    if let Some(cost) = &r.cost {
+        t.push_str(&crate::bench_cost::lines("operations", cost));
+    }
+    if let Some(sweeps) = &r.sweeps_per_minute {
+        t.push_str(&format!(
+            "  sweeps             per minute (one round of every function's, nothing in flight): {} reads ({} queries), {} writes, {} publishes\n",
+            sweeps.billed_reads, sweeps.queries, sweeps.writes, sweeps.publishes
+        ));
+    }
     if let Some(bounds) = crate::bench_bounds::Bounds::of(r) {
         t.push_str(&bounds.lines(r));
     }
@@ -927,6 +1025,9 @@ pub fn table(r: &BenchResult) -> String {
             l(&f.pubsub_hop),
             l(&f.firestore_txn),
         ));
+        if let Some(cost) = &f.cost {
+            t.push_str(&crate::bench_cost::lines("floor operations", cost));
+        }
     }
     t
 }

@@ -65,8 +65,10 @@ impl Floorer {
             .map_err(|e| e.to_string())?;
         self.record(|s| s.txns.push(t0.elapsed()));
         let sent = self.epoch.elapsed().as_micros();
+        let data = format!("{id} {sent}").into_bytes();
+        self.store.meter().publish(data.len());
         self.publishers[stage]
-            .publish(Message::new().set_data(format!("{id} {sent}").into_bytes()))
+            .publish(Message::new().set_data(data))
             .await
             .map_err(|e| e.to_string())?;
         if stage + 1 == STAGES {
@@ -187,6 +189,7 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let counted = floor.store.meter().counts();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.count {
@@ -231,10 +234,13 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         .lock()
         .map(|s| (Latency::of(&s.hops), Latency::of(&s.txns)))
         .map_err(|e| other(e.to_string()))?;
+    let ops = floor.store.meter().counts().since(&counted);
     Ok(Floor {
         orders_per_s: crate::bench::round(orders.len() as f64 / elapsed.as_secs_f64().max(1e-3)),
         end_to_end: Latency::of(&orders),
         pubsub_hop: samples.0,
         firestore_txn: samples.1,
+        // The floor's stages run in the bench's own process, whose CPU is not theirs alone.
+        cost: crate::bench::cost(&ops, orders.len() as f64, 0.0),
     })
 }

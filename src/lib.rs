@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_bounds;
+pub mod bench_cost;
 pub mod bench_floor;
 pub mod check;
 pub mod ops;

@@ -8,11 +8,13 @@
 //! - [`outbox`] and [`publisher`]: events committed with their effect, published after;
 //! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
 //! - [`trace`], [`timeline`]: a saga is one trace, and its history is kept;
-//! - [`runtime`], [`config`], [`telemetry`]: what a function's `main` needs.
+//! - [`runtime`], [`config`], [`telemetry`]: what a function's `main` needs;
+//! - [`meter`]: every Firestore and Pub/Sub operation, counted.
 
 pub mod config;
 pub mod events;
 pub mod keys;
+pub mod meter;
 pub mod outbox;
 pub mod publisher;
 pub mod push;

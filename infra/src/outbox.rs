@@ -253,6 +253,7 @@ pub async fn sweep(
         .query()
         .await
         .context("querying unpublished outbox records")?;
+    store.meter().query(pending.len());
     let cutoff = Timestamp::now()
         .checked_sub(jiff::SignedDuration::try_from(grace).unwrap_or_default())
         .unwrap_or(Timestamp::UNIX_EPOCH);

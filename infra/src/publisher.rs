@@ -10,6 +10,7 @@ use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::model::Message;
 
 use crate::config::Endpoint;
+use crate::meter::Meter;
 use crate::store::OutboxRecord;
 use crate::topology::topic_path;
 
@@ -36,6 +37,7 @@ pub enum PublishError {
 #[derive(Clone, Debug)]
 pub struct EventPublisher {
     publishers: Arc<HashMap<String, Publisher>>,
+    meter: Meter,
 }
 
 impl EventPublisher {
@@ -44,6 +46,7 @@ impl EventPublisher {
         project_id: &str,
         endpoint: &Endpoint,
         topics: &[&str],
+        meter: Meter,
     ) -> Result<EventPublisher, PublishError> {
         let builder = BasePublisher::builder();
         let builder = match endpoint {
@@ -70,7 +73,16 @@ impl EventPublisher {
             .collect();
         Ok(EventPublisher {
             publishers: Arc::new(publishers),
+            meter,
         })
+    }
+
+    /// The same publishers, counted on `meter` instead.
+    pub fn metered(&self, meter: Meter) -> EventPublisher {
+        EventPublisher {
+            publishers: self.publishers.clone(),
+            meter,
+        }
     }
 
     /// Publishes an outbox record; returns the Pub/Sub message id.
@@ -79,6 +91,13 @@ impl EventPublisher {
             .publishers
             .get(&record.topic)
             .ok_or_else(|| PublishError::UnknownTopic(record.topic.clone()))?;
+        let bytes = record.payload.len()
+            + record
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        self.meter.publish(bytes);
         let message = Message::new()
             .set_data(record.payload.clone().into_bytes())
             .set_attributes(record.attributes.clone());

@@ -29,6 +29,20 @@ pub struct Runtime {
     /// Fires when the process is asked to stop: what never ends by itself (a live stream)
     /// ends then.
     pub stopping: Stopping,
+    /// What the sweeps cost, apart from what orders cost (the store's and publisher's
+    /// meter): a sweep runs on a schedule, whatever the orders.
+    pub sweep_meter: crate::meter::Meter,
+}
+
+impl Runtime {
+    /// This runtime with its operations counted as a sweep's.
+    pub fn sweeping(&self) -> Runtime {
+        Runtime {
+            store: self.store.metered(self.sweep_meter.clone()),
+            publisher: self.publisher.metered(self.sweep_meter.clone()),
+            ..self.clone()
+        }
+    }
 }
 
 /// The process is stopping (SIGTERM): long-lived answers end so the server can.
@@ -90,16 +104,22 @@ impl Runtime {
     /// Connects the clients `function` needs, at the same time: Firestore, and publishers for
     /// its topics.
     pub async fn connect(function: Function, config: Config) -> Result<Runtime, StartupError> {
+        let meter = crate::meter::Meter::default();
         let (store, publisher) = tokio::try_join!(
             async {
-                Store::connect(&config.project_id, &config.firestore)
+                Store::connect_metered(&config.project_id, &config.firestore, meter.clone())
                     .await
                     .map_err(StartupError::from)
             },
             async {
-                EventPublisher::connect(&config.project_id, &config.pubsub, function.publishes())
-                    .await
-                    .map_err(StartupError::from)
+                EventPublisher::connect(
+                    &config.project_id,
+                    &config.pubsub,
+                    function.publishes(),
+                    meter.clone(),
+                )
+                .await
+                .map_err(StartupError::from)
             },
         )?;
         Ok(Runtime {
@@ -109,6 +129,7 @@ impl Runtime {
             store,
             publisher,
             stopping: Stopping::default(),
+            sweep_meter: crate::meter::Meter::default(),
         })
     }
 }

@@ -233,6 +233,16 @@ pub fn route<S: Step>(
 /// calls gets: push authentication when it is configured, and, on the emulator, a connection
 /// closed after each answer.
 pub fn push_only(runtime: &Runtime, router: Router) -> Router {
+    let (orders, sweeps) = (runtime.store.meter().clone(), runtime.sweep_meter.clone());
+    let router = router.route(
+        METER_PATH,
+        axum::routing::get(move || async move {
+            Json(crate::meter::Metered {
+                orders: orders.counts(),
+                sweeps: sweeps.counts(),
+            })
+        }),
+    );
     let router = match &runtime.config.push_auth {
         PushAuth::Disabled => router,
         PushAuth::Oidc(settings) => router.layer(axum::middleware::from_fn_with_state(
@@ -259,6 +269,10 @@ async fn close_connection(mut response: Response) -> Response {
     response
 }
 
+/// `GET /internal/meter`: the process's operation counts ([`crate::meter`]), for the bench;
+/// behind push authentication like the sweeps.
+pub const METER_PATH: &str = "/internal/meter";
+
 /// `POST /internal/sweep/outbox`: republishes this function's stale outbox records.
 pub fn outbox_sweep_router(runtime: &Runtime) -> Router {
     Router::new().route(
@@ -268,6 +282,7 @@ pub fn outbox_sweep_router(runtime: &Runtime) -> Router {
 }
 
 async fn sweep_outbox(State(runtime): State<Runtime>) -> Result<Json<SweepReport>, PushError> {
+    let runtime = runtime.sweeping();
     // Marks still queued in this instance would read as unpublished.
     runtime.marks.flush().await;
     let report = outbox::sweep(

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Endpoint;
 use crate::events::{FailureReason, OrderStatus};
+use crate::meter::Meter;
 
 /// Collection names.
 pub mod collections {
@@ -291,6 +292,8 @@ fn failure(context: String, code: &str, message: String, retry: bool) -> StoreEr
 #[derive(Clone)]
 pub struct Store {
     db: FirestoreDb,
+    /// Counts every operation (see [`crate::meter`]).
+    meter: Meter,
 }
 
 impl std::fmt::Debug for Store {
@@ -303,6 +306,15 @@ impl Store {
     /// Connects to Firestore for `project_id`: the emulator at `endpoint` if it names one,
     /// Google Cloud with Application Default Credentials otherwise.
     pub async fn connect(project_id: &str, endpoint: &Endpoint) -> Result<Store, StoreError> {
+        Store::connect_metered(project_id, endpoint, Meter::default()).await
+    }
+
+    /// [`Store::connect`], counting its operations on `meter`.
+    pub async fn connect_metered(
+        project_id: &str,
+        endpoint: &Endpoint,
+        meter: Meter,
+    ) -> Result<Store, StoreError> {
         let options = FirestoreDbOptions::new(project_id.to_owned());
         let db = match endpoint {
             Endpoint::Emulator(host) => {
@@ -315,11 +327,24 @@ impl Store {
             Endpoint::Cloud => FirestoreDb::with_options(options).await,
         }
         .context(format!("connecting to Firestore for project {project_id}"))?;
-        Ok(Store { db })
+        Ok(Store { db, meter })
     }
 
     pub fn db(&self) -> &FirestoreDb {
         &self.db
+    }
+
+    /// The counters every operation of this store adds to.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    /// The same database, its operations counted on `meter` instead.
+    pub fn metered(&self, meter: Meter) -> Store {
+        Store {
+            db: self.db.clone(),
+            meter,
+        }
     }
 
     /// One document by id, `None` if there is none.
@@ -333,6 +358,7 @@ impl Store {
         T: DeserializeOwned + Send,
     {
         let what = || format!("reading {collection}/{id}");
+        self.meter.read(1);
         let mut found = self
             .db
             .fluent()
@@ -387,6 +413,7 @@ impl Store {
                 )
                 .context(what())?;
         }
+        self.meter.commit(event_ids.len());
         let response = batch.write().await.context(what())?;
         // A batch write is not atomic: each write has its own status (0 is OK).
         let failed: Vec<String> = response
@@ -417,6 +444,7 @@ impl Store {
     where
         T: Serialize + DeserializeOwned + Sync + Send,
     {
+        self.meter.write(1);
         let _: T = self
             .db
             .fluent()
@@ -431,6 +459,7 @@ impl Store {
     }
 
     pub async fn delete(&self, collection: &str, id: &str) -> Result<(), StoreError> {
+        self.meter.delete(1);
         self.db
             .fluent()
             .delete()
@@ -457,6 +486,7 @@ impl Store {
             .context(format!("listing {collection}"))?
             .collect::<Vec<_>>()
             .await;
+        self.meter.query(docs.len());
         docs.into_iter()
             .map(|doc| {
                 let id = doc.name.rsplit('/').next().unwrap_or_default().to_owned();
@@ -494,8 +524,10 @@ impl Store {
             if attempt > 1 {
                 tracing::debug!(what, attempt, "transaction contended, retrying");
             }
+            self.meter.transaction(attempt > 1);
             let mut state = Attempt {
                 db: self.db.clone(),
+                meter: self.meter.clone(),
                 read_time: None,
                 read: HashMap::new(),
                 writes: Vec::new(),
@@ -564,6 +596,7 @@ const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(45);
 /// One attempt of a transaction: what it read, when, and what it will write.
 struct Attempt {
     db: FirestoreDb,
+    meter: Meter,
     /// The time of the first read, at which later reads are made (one snapshot).
     read_time: Option<ProstTimestamp>,
     /// Documents read in this attempt, by full name (`None`: there is none).
@@ -581,6 +614,7 @@ impl Attempt {
         if self.writes.is_empty() {
             return Ok(());
         }
+        self.meter.commit(self.writes.len());
         let request = CommitRequest {
             database: self.db.get_database_path().clone(),
             writes: std::mem::take(&mut self.writes),
@@ -690,6 +724,7 @@ impl Tx<'_> {
         if names.is_empty() {
             return Ok(());
         }
+        self.attempt.meter.read(names.len());
         // The fluent API batch-gets from one collection only and does not say when it read,
         // so this is the raw request, through the crate's `client()` escape hatch (its
         // gcloud-sdk types are pinned by Cargo.lock, outside the crate's semver promise).

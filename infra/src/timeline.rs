@@ -175,6 +175,7 @@ pub async fn history(store: &Store, order_id: &str) -> Result<Vec<TimelineEntry>
         .query()
         .await
         .context(format!("reading the timeline of {order_id}"))?;
+    store.meter().query(stored.len());
     let mut entries: Vec<TimelineEntry> = stored.into_iter().flat_map(|s| s.entries).collect();
     entries.sort_by_key(|e| (e.at, matches!(e.kind, EntryKind::Emitted)));
     Ok(entries)
@@ -196,6 +197,7 @@ pub async fn emitted_between(
         .query()
         .await
         .context("reading emitted events")?;
+    store.meter().query(stored.len());
     let mut entries: Vec<TimelineEntry> = stored
         .into_iter()
         .flat_map(|s| s.entries)

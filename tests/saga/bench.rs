@@ -133,6 +133,36 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
             .unwrap()
             .contains_key("order → inventory")
     );
+    // Every Firestore and Pub/Sub operation, counted by the functions, per order, with its
+    // price; the floor's the same way; the sweeps' apart, per minute.
+    for cost in [&result["cost"], &floor["cost"]] {
+        let per_order = &cost["per_order"];
+        for op in [
+            "writes",
+            "billed_reads",
+            "commits",
+            "transactions",
+            "publishes",
+        ] {
+            assert!(per_order[op].as_f64().unwrap() > 0.0, "{op}: {cost}");
+        }
+        assert!(per_order["publish_bytes"].as_f64().unwrap() > 0.0, "{cost}");
+        assert!(
+            cost["per_million_usd"]["firestore"].as_f64().unwrap() > 0.0,
+            "{cost}"
+        );
+        assert!(!cost["prices_as_of"].as_str().unwrap().is_empty());
+    }
+    assert!(result["cost"]["cpu_ms"].as_f64().unwrap() > 0.0);
+    // A trivial order is 4 stages of one read and one write.
+    assert_eq!(floor["cost"]["per_order"]["writes"], 4.0, "{floor}");
+    assert_eq!(floor["cost"]["per_order"]["publishes"], 4.0, "{floor}");
+    assert!(
+        result["sweeps_per_minute"]["queries"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    assert!(stdout.contains("per million orders"), "{stdout}");
+    assert!(stdout.contains("sweeps             per minute"), "{stdout}");
     // Reads of missing documents (every idempotency check's) are answers, not NOT_FOUND
     // errors, which the Firestore emulator logs with a stack trace at a cost in its CPU.
     let emulator_log = std::fs::read_to_string("target/bench/logs/firestore-emulator.log").unwrap();

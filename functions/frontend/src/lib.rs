@@ -482,6 +482,7 @@ async fn recent_orders(rt: &Runtime) -> Result<Vec<OrderView>, StoreError> {
         .query()
         .await
         .context("reading recent orders")?;
+    rt.store.meter().query(orders.len());
     Ok(orders
         .into_iter()
         .filter_map(|o| {

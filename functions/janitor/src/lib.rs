@@ -316,6 +316,7 @@ const UNFINISHED: [OrderStatus; 3] = [
 /// terminal for longer than the configured timeout. A late message for such a saga finds it
 /// COMPENSATED and changes nothing.
 async fn sweep_timeouts(State(runtime): State<Runtime>) -> Result<Json<TimeoutReport>, PushError> {
+    let runtime = runtime.sweeping();
     let statuses: Vec<&str> = UNFINISHED.iter().map(|s| s.as_str()).collect();
     let unfinished: Vec<OrderDoc> = runtime
         .store
@@ -328,6 +329,7 @@ async fn sweep_timeouts(State(runtime): State<Runtime>) -> Result<Json<TimeoutRe
         .query()
         .await
         .context("querying unfinished sagas")?;
+    runtime.store.meter().query(unfinished.len());
     let timeout = jiff::SignedDuration::try_from(runtime.config.saga_timeout).unwrap_or_default();
     let cutoff = Timestamp::now()
         .checked_sub(timeout)
