@@ -1,13 +1,14 @@
 //! Micro-benchmarks of the code every delivery runs: decoding a push, encoding an event into
-//! its outbox record, validating an order, and the steps' pure decisions.
+//! the record its step commits, validating an order, and the steps' pure decisions.
 //! `cargo bench --bench hot_paths`
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use jiff::Timestamp;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
-use saga_infra::store::{ItemDoc, OrderDoc, ReservationDoc, ReservationStatus, UserDoc};
+use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus};
+use saga_infra::order::{Emitted, Reservation, ReservationStatus};
+use saga_infra::store::{ItemDoc, UserDoc};
+use saga_infra::testing::order_at;
 use saga_infra::trace::TraceContext;
 use uuid::Uuid;
 
@@ -17,20 +18,6 @@ fn details() -> OrderDetails {
         quantity: 5,
         user: "jack".into(),
         payment_error: false,
-    }
-}
-
-fn order(status: OrderStatus) -> OrderDoc {
-    OrderDoc {
-        order_id: Uuid::nil().to_string(),
-        item: "widget".into(),
-        quantity: 5,
-        user: "jack".into(),
-        status,
-        reason: None,
-        amount: None,
-        created_at: Timestamp::UNIX_EPOCH,
-        updated_at: Timestamp::UNIX_EPOCH,
     }
 }
 
@@ -44,8 +31,8 @@ fn hot_paths(c: &mut Criterion) {
     });
 
     let trace = TraceContext::root();
-    c.bench_function("event encode to outbox record", |b| {
-        b.iter(|| saga_infra::outbox::record(black_box(&event), Timestamp::UNIX_EPOCH, &trace))
+    c.bench_function("event encode to its emitted record", |b| {
+        b.iter(|| Emitted::of(black_box(&event), &trace))
     });
     let traceparent = trace.to_string();
     c.bench_function("traceparent continue", |b| {
@@ -57,40 +44,37 @@ fn hot_paths(c: &mut Criterion) {
         b.iter(|| saga_frontend::validate::order(black_box(request), false))
     });
 
-    let created = order(OrderStatus::OrderCreated);
+    let created = order_at(OrderStatus::OrderCreated, 5);
     let item = ItemDoc::new(10, 10_000);
     c.bench_function("inventory decide", |b| {
-        b.iter(|| saga_inventory::decide(Some(black_box(&created)), Some(&item), 5))
+        b.iter(|| saga_inventory::decide(Some(black_box(created.clone())), Some(item.clone()), 5))
     });
     let visited = [(3, 0), (0, 2), (1, 9)];
     c.bench_function("inventory plan shards", |b| {
         b.iter(|| saga_inventory::plan_shards(black_box(&visited), 5))
     });
 
-    let reserved = order(OrderStatus::InventoryReserved);
+    let reserved = order_at(OrderStatus::InventoryReserved, 5);
     let user = UserDoc { balance: 100_000 };
     c.bench_function("payments decide", |b| {
-        b.iter(|| saga_payments::decide(Some(black_box(&reserved)), Some(&user), 50, false))
+        b.iter(|| {
+            saga_payments::decide(
+                Some(black_box(reserved.clone())),
+                Some(user.clone()),
+                50,
+                false,
+            )
+        })
     });
 
-    let failed = order(OrderStatus::Failed);
-    let reservation = ReservationDoc {
-        order_id: Uuid::nil().to_string(),
-        item: "widget".into(),
+    let mut failed = order_at(OrderStatus::Failed, 5);
+    failed.reservation = Some(Reservation {
         quantity: 5,
         allocations: Vec::new(),
         status: ReservationStatus::Reserved,
-        updated_at: Timestamp::UNIX_EPOCH,
-    };
+    });
     c.bench_function("janitor plan", |b| {
-        b.iter(|| {
-            saga_janitor::plan(
-                Some(black_box(&failed)),
-                Some(&reservation),
-                None,
-                FailureReason::PaymentError,
-            )
-        })
+        b.iter(|| saga_janitor::plan(black_box(&failed)))
     });
 }
 

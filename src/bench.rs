@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use saga_infra::events::OrderStatus;
-use saga_infra::store::{OrderDoc, Store, UserDoc, collections};
+use saga_infra::order::OrderDoc;
+use saga_infra::store::{Store, UserDoc, collections};
 use saga_infra::timeline::{self, EntryKind};
 use saga_infra::topology::Function;
 use serde::{Deserialize, Serialize};
@@ -610,7 +611,10 @@ async fn sweep_round(stack: &Stack) -> Result<crate::bench_cost::Ops, BenchError
     let http = reqwest::Client::new();
     let before = meters(stack).await?;
     for (function, port) in &stack.ports {
-        let url = format!("http://127.0.0.1:{port}{}", function.sweep_path());
+        let Some(path) = function.sweep_path() else {
+            continue;
+        };
+        let url = format!("http://127.0.0.1:{port}{path}");
         http.post(&url)
             .send()
             .await
@@ -667,10 +671,10 @@ async fn poll(store: Store, waiting: Waiting) {
         };
         let found: Vec<(String, Option<OrderDoc>)> = stream.collect().await;
         for (id, order) in found {
-            if let Some(order) = order.filter(|o| o.status.is_terminal())
+            if let Some(order) = order.filter(|o| o.status().is_terminal())
                 && let Some(tx) = waiting.lock().ok().and_then(|mut w| w.remove(&id))
             {
-                let _ = tx.send(order.status);
+                let _ = tx.send(order.status());
             }
         }
     }
@@ -790,7 +794,10 @@ async fn timings(store: &Store, ids: &[(String, jiff::Timestamp)]) -> Result<Tim
         .unwrap_or_else(jiff::Timestamp::now);
     let mut last = first;
     for (id, posted) in ids {
-        let history = timeline::history(store, id).await?;
+        let Some(order) = store.order(id).await? else {
+            continue;
+        };
+        let history = timeline::history(&order);
         if let Some(done) = history
             .iter()
             .filter(|e| e.kind == EntryKind::Consumed)

@@ -1,13 +1,11 @@
 //! The saga's invariants, checked from Firestore alone, so the same check runs after a test,
 //! against `saga up`, and against a deployed project (`saga check`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use saga_infra::events::OrderStatus;
-use saga_infra::store::{
-    ItemDoc, OrderDoc, OutboxRecord, PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus,
-    StockShard, Store, StoreError, UserDoc, collections,
-};
+use saga_infra::order::{OrderDoc, PaymentStatus, ReservationStatus};
+use saga_infra::store::{ItemDoc, StockShard, Store, StoreError, UserDoc, collections};
 use serde::Serialize;
 
 /// What the data started from: stock per item and balance per user.
@@ -64,10 +62,8 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// [`check`] of a settled project, given up to `patience` to settle: a step's event is
-/// published after the commit of its order's last status, and marked published in the
-/// background up to [`saga_infra::outbox::MARK_LINGER`] later, so an outbox record may be
-/// seen unmarked for a moment after the saga looks over.
+/// [`check`] of a settled project, given up to `patience` to settle: sagas still moving when
+/// the check starts (a compensation on its way, a last delivery) get that long to end.
 pub async fn check_settled(
     store: &Store,
     baseline: &Baseline,
@@ -83,8 +79,12 @@ pub async fn check_settled(
     }
 }
 
+/// The steps a completed order has records of (the frontend's too, unless its request came
+/// another way than `POST /order`).
+const COMPLETED_STEPS: [&str; 3] = ["order", "inventory", "payments"];
+
 /// Checks every invariant against `baseline`. With `settled`, every order must also have
-/// reached COMPLETED or COMPENSATED and every outbox record must be published.
+/// reached COMPLETED or COMPENSATED with the records of the steps that took it there.
 pub async fn check(
     store: &Store,
     baseline: &Baseline,
@@ -98,30 +98,28 @@ pub async fn check(
         .collect();
     let users: BTreeMap<String, UserDoc> =
         store.all(collections::USERS).await?.into_iter().collect();
-    let reservations: BTreeMap<String, ReservationDoc> = store
-        .all(collections::RESERVATIONS)
-        .await?
-        .into_iter()
-        .collect();
-    let payments: BTreeMap<String, PaymentDoc> = store
-        .all(collections::PAYMENTS)
-        .await?
-        .into_iter()
-        .collect();
     let shards: Vec<(String, StockShard)> = store.all(collections::STOCK_SHARDS).await?;
-    let outbox: Vec<(String, OutboxRecord)> = store.all(collections::OUTBOX).await?;
 
     let mut report = Report::default();
     let v = &mut report.violations;
     for (_, order) in &orders {
-        *report.orders.entry(order.status.to_string()).or_default() += 1;
+        *report.orders.entry(order.status().to_string()).or_default() += 1;
     }
 
     // Stock: what was there = what is there + what is held by reservations.
     let mut held: BTreeMap<&str, i64> = BTreeMap::new();
-    for r in reservations.values() {
-        if r.status == ReservationStatus::Reserved {
-            *held.entry(&r.item).or_default() += r.quantity;
+    // Money: what users had = what they have + what was captured from them.
+    let mut captured: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, order) in &orders {
+        if let Some(r) = &order.reservation
+            && r.status == ReservationStatus::Reserved
+        {
+            *held.entry(&order.item).or_default() += r.quantity;
+        }
+        if let Some(p) = &order.payment
+            && p.status == PaymentStatus::Captured
+        {
+            *captured.entry(&order.user).or_default() += p.amount;
         }
     }
     let mut sharded: BTreeMap<&str, i64> = BTreeMap::new();
@@ -144,14 +142,6 @@ pub async fn check(
             ));
         }
     }
-
-    // Money: what users had = what they have + what was captured from them.
-    let mut captured: BTreeMap<&str, i64> = BTreeMap::new();
-    for p in payments.values() {
-        if p.status == PaymentStatus::Captured {
-            *captured.entry(&p.user).or_default() += p.amount;
-        }
-    }
     for (user, seeded) in &baseline.balances {
         let now = users.get(user).map_or(0, |u| u.balance);
         let taken = captured.get(user.as_str()).copied().unwrap_or(0);
@@ -165,15 +155,16 @@ pub async fn check(
         }
     }
 
-    // Each order's records agree with its status.
+    // Each order's records agree with its status, and each step ran once.
     for (id, order) in &orders {
-        let reserved = reservations
-            .get(id)
+        let reserved = order
+            .reservation
+            .as_ref()
             .is_some_and(|r| r.status == ReservationStatus::Reserved);
-        let charged = payments
-            .get(id)
+        let charged = order
+            .payment
             .is_some_and(|p| p.status == PaymentStatus::Captured);
-        match order.status {
+        match order.status() {
             OrderStatus::Completed if !(reserved && charged) => v.push(format!(
                 "order {id} COMPLETED without a held reservation ({reserved}) and a captured payment ({charged})"
             )),
@@ -181,34 +172,38 @@ pub async fn check(
                 "order {id} COMPENSATED but still holds stock ({reserved}) or money ({charged})"
             )),
             status if settled && !status.is_terminal() => {
-                v.push(format!("order {id} is not terminal: {status}"))
+                v.push(format!("order {id} is not over: {status}"))
             }
             _ => {}
         }
-    }
-    let order_ids: BTreeSet<&str> = orders.iter().map(|(id, _)| id.as_str()).collect();
-    for id in reservations.keys().chain(payments.keys()) {
-        if !order_ids.contains(id.as_str()) {
-            v.push(format!("record for unknown order {id}"));
+        let mut steps: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &order.steps {
+            *steps.entry(&r.step).or_default() += 1;
         }
-    }
-
-    // The outbox: one event per order and topic, all published once settled.
-    let mut per_topic: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for (id, record) in &outbox {
-        *per_topic
-            .entry((&record.order_id, &record.topic))
-            .or_default() += 1;
-        if settled && !record.published {
-            v.push(format!(
-                "outbox record {id} ({}) never published",
-                record.topic
-            ));
+        for (step, n) in &steps {
+            if *n > 1 {
+                v.push(format!("order {id}: step {step} recorded {n} times"));
+            }
         }
-    }
-    for ((order, topic), n) in per_topic {
-        if n > 1 {
-            v.push(format!("order {order} has {n} different events on {topic}"));
+        // Settled, every event emitted was taken by the step it was for: each forward step
+        // of a completed order ran, and a compensated one was compensated by the janitor.
+        if settled {
+            let missing: Vec<&str> = match order.status() {
+                OrderStatus::Completed => COMPLETED_STEPS
+                    .iter()
+                    .copied()
+                    .filter(|s| !steps.contains_key(s))
+                    .collect(),
+                OrderStatus::Compensated if !steps.contains_key("janitor") => vec!["janitor"],
+                _ => Vec::new(),
+            };
+            if !missing.is_empty() {
+                v.push(format!(
+                    "order {id} is {} without a record of {}",
+                    order.status(),
+                    missing.join(", ")
+                ));
+            }
         }
     }
     Ok(report)

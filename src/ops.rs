@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jiff::Timestamp;
 use saga_infra::config::Endpoint;
 use saga_infra::push::PushEnvelope;
-use saga_infra::store::{OrderDoc, ParkedMessage, RequestDoc, Store, StoreError, collections};
+use saga_infra::store::{ParkedMessage, Store, StoreError, collections};
 use saga_infra::timeline::{self, EntryKind};
 use saga_infra::topology::{PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS};
 
@@ -73,22 +73,18 @@ pub enum OpsError {
 /// The timeline of one order, as text: time, time since the previous line, step, what
 /// happened, and the outcome.
 pub async fn trace(store: &Store, order_id: &str) -> Result<String, OpsError> {
-    let status = match store.get::<OrderDoc>(collections::ORDERS, order_id).await? {
-        Some(order) => format!(
-            "{}{}",
-            order.status,
-            order.reason.map(|r| format!(" ({r})")).unwrap_or_default()
-        ),
-        None if store
-            .get::<RequestDoc>(collections::REQUESTS, order_id)
-            .await?
-            .is_some() =>
-        {
-            "PENDING".into()
-        }
-        None => return Err(OpsError::NoOrder(order_id.to_owned())),
+    let Some(order) = store.order(order_id).await? else {
+        return Err(OpsError::NoOrder(order_id.to_owned()));
     };
-    let entries = timeline::history(store, order_id).await?;
+    let status = format!(
+        "{}{}",
+        order.status(),
+        order
+            .reason()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    let entries = timeline::history(&order);
     let mut out = String::new();
     let trace_id = entries
         .iter()

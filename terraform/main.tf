@@ -36,7 +36,7 @@ resource "google_project_service_identity" "pubsub" {
   depends_on = [google_project_service.apis]
 }
 
-# Firestore (native mode), with TTL policies so idempotency and outbox records expire.
+# Firestore (native mode).
 resource "google_firestore_database" "main" {
   name                              = "(default)"
   location_id                       = var.firestore_location
@@ -46,13 +46,29 @@ resource "google_firestore_database" "main" {
   depends_on                        = [google_project_service.apis]
 }
 
-resource "google_firestore_field" "expire_at" {
-  for_each   = toset(["steps", "outbox", "idempotency_keys"])
+# What the sweeps query (infra/src/store: Store::orders_due): orders by status whose last
+# change is older than a cutoff, oldest first, a page at a time.
+resource "google_firestore_index" "orders_due" {
+  database    = google_firestore_database.main.name
+  collection  = "orders"
+  query_scope = "COLLECTION"
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updated_at"
+    order      = "ASCENDING"
+  }
+}
+
+# An order carries its steps' records and its duplicate deliveries: read whole with the
+# order, never queried, so they get no index entries.
+resource "google_firestore_field" "unindexed" {
+  for_each   = toset(["steps", "duplicates"])
   database   = google_firestore_database.main.name
-  collection = each.value
-  field      = "expire_at"
-  ttl_config {}
-  # No single-field indexes on a TTL timestamp: they only cost writes.
+  collection = "orders"
+  field      = each.value
   index_config {}
 }
 

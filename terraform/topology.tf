@@ -14,7 +14,7 @@ locals {
       subscriptions = {}
     }
     order = {
-      sweep_path = "/internal/sweep/outbox"
+      sweep_path = null
       public     = false
       publishes  = ["order-created", "error"]
       subscriptions = {
@@ -30,7 +30,7 @@ locals {
       }
     }
     inventory = {
-      sweep_path = "/internal/sweep/outbox"
+      sweep_path = null
       public     = false
       publishes  = ["inventory-updated", "error"]
       subscriptions = {
@@ -46,7 +46,7 @@ locals {
       }
     }
     payments = {
-      sweep_path = "/internal/sweep/outbox"
+      sweep_path = null
       public     = false
       publishes  = ["payment-created", "error"]
       subscriptions = {
@@ -64,7 +64,7 @@ locals {
     janitor = {
       sweep_path = "/internal/sweep/timeouts"
       public     = false
-      publishes  = []
+      publishes  = ["payment-created"]
       subscriptions = {
         "error-sub" = {
           topic                 = "error"

@@ -14,7 +14,7 @@
 //! | `SAGA_PUSH_IAM_FRONTED` | `true`: only reachable through Cloud Run's invoker check, so a token whose signature Cloud Run removed is accepted after its claims are checked | `false` |
 //! | `SAGA_PUSH_AUTH` | `disabled` turns push auth off explicitly | on in the cloud |
 //! | `SAGA_TIMEOUT_SECS` | a saga not terminal after this long is failed (`timeout`) | 300 |
-//! | `SAGA_OUTBOX_GRACE_SECS` | the sweep republishes outbox records older than this | 30 |
+//! | `SAGA_OUTBOX_GRACE_SECS` | the frontend's sweep publishes again the event of an order PENDING longer than this | 30 |
 //! | `SAGA_SWEEP_INTERVAL_SECS` | run the sweep on a timer in-process (`saga up`) | off |
 //!
 //! Push authentication is required when not on the emulators: a function in the cloud with
@@ -70,7 +70,7 @@ pub struct Config {
     pub push_auth: PushAuth,
     /// A saga not terminal this long after its last change is failed with `timeout`.
     pub saga_timeout: Duration,
-    /// Outbox records unpublished for longer than this are republished by the sweep.
+    /// The frontend's sweep publishes again the event of an order PENDING longer than this.
     pub outbox_grace: Duration,
     /// Run the sweep in-process on this interval (locally; in the cloud a scheduler calls it).
     pub sweep_interval: Option<Duration>,

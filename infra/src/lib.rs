@@ -4,7 +4,8 @@
 //! - [`events`]: the event contracts and the order's status machine;
 //! - [`push`], [`push_auth`], [`keys`]: the Pub/Sub push envelope, its OIDC authentication,
 //!   and Google's signing keys;
-//! - [`store`]: Firestore documents and transactions;
+//! - [`order`]: the order document, a saga's state and history, and its status rules;
+//! - [`store`]: Firestore: the documents, named operations and transactions;
 //! - [`outbox`] and [`publisher`]: events committed with their effect, published after;
 //! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
 //! - [`trace`], [`timeline`]: a saga is one trace, and its history is kept;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod events;
 pub mod keys;
 pub mod meter;
+pub mod order;
 pub mod outbox;
 pub mod publisher;
 pub mod push;

@@ -11,7 +11,7 @@ use google_cloud_pubsub::model::Message;
 
 use crate::config::Endpoint;
 use crate::meter::Meter;
-use crate::store::OutboxRecord;
+use crate::order::Emitted;
 use crate::topology::topic_path;
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,8 +85,8 @@ impl EventPublisher {
         }
     }
 
-    /// Publishes an outbox record; returns the Pub/Sub message id.
-    pub async fn publish(&self, record: &OutboxRecord) -> Result<String, PublishError> {
+    /// Publishes a committed event; returns the Pub/Sub message id.
+    pub async fn publish(&self, record: &Emitted) -> Result<String, PublishError> {
         let publisher = self
             .publishers
             .get(&record.topic)

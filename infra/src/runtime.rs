@@ -11,7 +11,6 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
-use crate::outbox::Marks;
 use crate::publisher::{EventPublisher, PublishError};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -24,8 +23,6 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub store: Store,
     pub publisher: EventPublisher,
-    /// The marks of published outbox records, written in the background in batches.
-    pub marks: Marks,
     /// Fires when the process is asked to stop: what never ends by itself (a live stream)
     /// ends then.
     pub stopping: Stopping,
@@ -78,10 +75,10 @@ impl Stopping {
 
 /// Cloud Run sends SIGTERM, then SIGKILL 10 s later ("Container runtime contract"; the
 /// instance keeps its CPU between the two). What a stopping function does in that time:
-/// requests in flight get [`DRAIN`] to finish, then the queued outbox marks get
-/// [`FLUSH`] to be written; what is cut short costs a redelivery or a republish, never state.
-pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
-pub const FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+/// its live streams end at once, and requests in flight get [`DRAIN`] to finish. A request
+/// cut short costs a redelivery (a push) or an error the client retries, never state: a
+/// function keeps nothing in memory that a commit has not already made durable.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -125,7 +122,6 @@ impl Runtime {
         Ok(Runtime {
             function,
             config: Arc::new(config),
-            marks: Marks::new(store.clone()),
             store,
             publisher,
             stopping: Stopping::default(),
@@ -244,8 +240,8 @@ pub async fn main_until(
 
 /// Calls the function's own sweep endpoint every `interval` (what Cloud Scheduler does in the
 /// cloud), so the local stack sweeps through the same code path.
-async fn sweep_periodically(function: Function, addr: SocketAddr, interval: std::time::Duration) {
-    let url = format!("http://{addr}{}", function.sweep_path());
+async fn sweep_periodically(addr: SocketAddr, path: &'static str, interval: std::time::Duration) {
+    let url = format!("http://{addr}{path}");
     let http = reqwest::Client::new();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -279,11 +275,12 @@ async fn run(
         tracing::warn!("push authentication is DISABLED in the cloud (SAGA_PUSH_AUTH=disabled)");
     }
     let runtime = Runtime::connect(function, config.clone()).await?;
-    let marks = runtime.marks.clone();
     let stopping = runtime.stopping.clone();
     let server = Server::bind(function, &config, router(runtime)).await?;
-    if let Some(interval) = config.sweep_interval {
-        tokio::spawn(sweep_periodically(function, server.local_addr(), interval));
+    if let Some(interval) = config.sweep_interval
+        && let Some(path) = function.sweep_path()
+    {
+        tokio::spawn(sweep_periodically(server.local_addr(), path, interval));
     }
     tracing::info!(
         addr = %server.local_addr(),
@@ -302,10 +299,6 @@ async fn run(
             stopping.trigger();
         })
         .await?;
-    // Cloud Run still gives the instance CPU after SIGTERM: write the marks it holds.
-    if tokio::time::timeout(FLUSH, marks.flush()).await.is_err() {
-        tracing::warn!(flush = ?FLUSH, "outbox marks not all written before stopping");
-    }
     tracing::info!("{function} stopped");
     Ok(())
 }

@@ -2,19 +2,20 @@
 //!
 //! For each delivery:
 //! 1. decode the envelope and event; if it can never succeed, park it and acknowledge;
-//! 2. in one Firestore transaction: read the step's idempotency record and the documents the
-//!    step names ([`Step::reads`]) in one batch get; if the record exists, the step already
-//!    ran (a duplicate: [`Ack::Duplicate`], nothing written); otherwise let the step decide
-//!    from what was read and queue its effect, and queue the idempotency record, the outgoing
-//!    event's outbox record and the timeline entries; commit, on the condition that what was
-//!    read is unchanged (a concurrent duplicate that committed first makes this one run
-//!    again and find the record: [`Store::transaction`](crate::store::Store::transaction));
-//! 3. publish the outgoing event if it is not yet published, and queue its mark (written in
-//!    the background with others, see [`outbox::Marks`]); acknowledge.
+//! 2. in one Firestore transaction: read the order document together with the documents the
+//!    step names ([`Step::reads`]) in one batch get; if the order has the step's record, the
+//!    step already ran (a duplicate: [`Ack::Duplicate`], nothing written); otherwise let the
+//!    step decide from what was read ([`Step::run`]: its effect queued on the transaction,
+//!    the order as it now is returned in an [`Outcome`]), add the step's record (what it
+//!    consumed and decided, and the event it emits) to the order, and write the order once;
+//!    commit, on the condition that what was written is unchanged since it was read (a
+//!    concurrent duplicate that committed first makes this one run again and find the
+//!    record: [`Store::transaction_with`](crate::store::Store::transaction_with));
+//! 3. publish the recorded event (also for a duplicate: the first delivery may have died
+//!    between its commit and its publish), then acknowledge. Nothing marks it published:
+//!    a delivery that could not publish answers 503, so Pub/Sub delivers it again.
 //!
-//! A failure in 2 or 3 answers 503, so Pub/Sub redelivers; the redelivery finds the record
-//! and publishes the pending event. (A read before the transaction would only save
-//! redeliveries a transaction, at the price of one more read for every first delivery.)
+//! A failure in 2 or 3 answers 503, so Pub/Sub redelivers.
 
 use std::sync::Arc;
 
@@ -32,55 +33,56 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::config::PushAuth;
-use crate::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
-use crate::outbox::{self, DeliverError, SweepReport};
+use crate::events::{Event, EventBody, FailureReason};
+use crate::order::{Duplicate, Emitted, IllegalMove, OrderDoc, StepRecord};
+use crate::outbox::{self, SweepReport};
+use crate::publisher::PublishError;
 use crate::push::{self, Poison};
 use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
-use crate::store::{
-    OrderDoc, OutboxRecord, ParkedMessage, StepRecord, StoreError, Tx, collections, expiry_from,
-    step_record_id,
-};
-use crate::timeline;
+use crate::store::{ParkedMessage, StoreError, Tx, collections};
 use crate::topology::PushSubscription;
 use crate::trace::{TRACEPARENT, TraceContext};
 
-/// What a step decided, once its effect is queued on the transaction.
+/// What a step decided, its effect queued on the transaction: the order as it now is.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    /// A short description for the idempotency record and logs ("reserved 5 widget").
-    pub summary: String,
-    /// The event to publish after commit, if any.
-    pub emit: Option<EventBody>,
-    /// The event came before what it depends on (reordering): record nothing, answer 503 so
-    /// Pub/Sub delivers it again later.
-    pub not_yet: bool,
+pub enum Outcome {
+    /// It acted, and owes the next step `event`.
+    Emit {
+        order: OrderDoc,
+        /// What it did, for the record and the logs ("reserved 5 widget").
+        summary: String,
+        event: EventBody,
+    },
+    /// It acted, or found nothing to do (a late or superseded event), and emits nothing.
+    Done { order: OrderDoc, summary: String },
+    /// Too early: the event came before what it depends on (reordering). Nothing is
+    /// recorded; the delivery is answered 503 and comes again.
+    NotYet(String),
 }
 
-impl Outcome {
-    pub fn emit(summary: impl Into<String>, body: EventBody) -> Outcome {
-        Outcome {
-            summary: summary.into(),
-            emit: Some(body),
-            not_yet: false,
+/// Why a step could not decide: Firestore failed, or (a bug) it asked for a status move the
+/// status machine refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Illegal(#[from] IllegalMove),
+}
+
+impl crate::store::TxError for StepError {
+    fn store(&self) -> Option<&StoreError> {
+        match self {
+            StepError::Store(e) => Some(e),
+            StepError::Illegal(_) => None,
         }
     }
 
-    /// Nothing to do and nothing to say (a late or superseded event): recorded as done.
-    pub fn skip(summary: impl Into<String>) -> Outcome {
-        Outcome {
-            summary: summary.into(),
-            emit: None,
-            not_yet: false,
-        }
-    }
-
-    /// Too early: nothing is recorded and the delivery is retried.
-    pub fn not_yet(summary: impl Into<String>) -> Outcome {
-        Outcome {
-            summary: summary.into(),
-            emit: None,
-            not_yet: true,
+    fn in_transaction(self, what: &str) -> StepError {
+        match self {
+            StepError::Store(e) => StepError::Store(e.in_transaction(what)),
+            illegal => illegal,
         }
     }
 }
@@ -88,53 +90,45 @@ impl Outcome {
 /// Fails the saga at this step: the order becomes FAILED with `reason`, and the
 /// `saga-failed` event the janitor compensates is emitted. Shared by every forward step.
 pub fn fail_saga(
-    tx: &mut Tx<'_>,
-    order: OrderDoc,
-    details: &OrderDetails,
+    mut order: OrderDoc,
     reason: FailureReason,
     step: &str,
-) -> Result<Outcome, StoreError> {
-    let id = order.order_id.clone();
-    tx.set(
-        collections::ORDERS,
-        &id,
-        &OrderDoc {
-            status: OrderStatus::Failed,
-            reason: Some(reason),
-            updated_at: Timestamp::now(),
-            ..order
-        },
-    )?;
-    Ok(Outcome::emit(
-        format!("rejected: {reason}"),
-        EventBody::SagaFailed {
-            order: details.clone(),
+) -> Result<Outcome, StepError> {
+    order.fail(reason, Timestamp::now())?;
+    let details = order.details();
+    Ok(Outcome::Emit {
+        order,
+        summary: format!("rejected: {reason}"),
+        event: EventBody::SagaFailed {
+            order: details,
             reason,
             step: step.to_owned(),
         },
-    ))
+    })
 }
 
 /// A saga step: reads what it needs through the transaction, queues its effect on it, and
-/// says what to emit. It may run several times for one delivery (transaction retries), so it
-/// must not do anything outside the transaction.
+/// returns the order as it now is and what to emit. It may run several times for one
+/// delivery (transaction retries), so it must not do anything outside the transaction.
 pub trait Step: Send + Sync + 'static {
-    /// The step's name in idempotency records and logs.
+    /// The step's name in the order's records and in logs.
     const NAME: &'static str;
     /// The event types it consumes; any other is parked before anything is recorded, so a
     /// stray event can never mark the step done for its order.
     const ACCEPTS: &'static [&'static str];
 
+    /// Decides for `event`, given the order as read (`None`: there is none yet).
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+        order: Option<OrderDoc>,
+    ) -> BoxFuture<'a, Result<Outcome, StepError>>;
 
-    /// The documents (collection, id) `run` will read for `event`. The runtime reads them
-    /// with the step's idempotency record, in one round trip, before `run`; `run`'s gets of
-    /// them are then answered from that read. A get of a document not listed still works, at
-    /// one more round trip.
+    /// The documents (collection, id) `run` will read for `event`, besides the order. The
+    /// runtime reads them with the order, in one round trip, before `run`; `run`'s gets of
+    /// them are then answered from that read. A get of a document not listed still works,
+    /// at one more round trip.
     fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
         let _ = event;
         Vec::new()
@@ -165,12 +159,14 @@ pub enum PushError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Deliver(#[from] DeliverError),
+    Step(#[from] StepError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     #[error("fault injected: crashed after commit, before publishing")]
     InjectedCrash,
     #[error("too early, will retry: {0}")]
     NotYet(String),
-    #[error("sweep left records unpublished: {0:?}")]
+    #[error("sweep left events unpublished: {0:?}")]
     SweepIncomplete(SweepReport),
 }
 
@@ -189,8 +185,8 @@ impl IntoResponse for PushError {
 
 /// What the step's transaction found or did.
 enum Ran {
-    /// The step record (new or existing), its outbox record, and whether it was new.
-    Done(Box<(StepRecord, Option<OutboxRecord>, bool)>),
+    /// The step's record (new, or found), and whether it is new.
+    Done(Box<StepRecord>, bool),
     NotYet(String),
 }
 
@@ -202,7 +198,8 @@ struct StepState<S> {
 }
 
 /// The router of a push-triggered function whose subscriptions all feed one step: its push
-/// endpoints from the topology and its outbox sweep, behind push authentication.
+/// endpoints from the topology, behind push authentication. (It needs no sweep: whatever it
+/// committed and did not publish comes back with the redelivery.)
 pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
     let step = Arc::new(step);
     let router = runtime
@@ -211,7 +208,7 @@ pub fn router<S: Step>(runtime: Runtime, step: S) -> Router {
         .fold(Router::new(), |router, subscription| {
             route(router, &runtime, subscription, step.clone())
         });
-    push_only(&runtime, router.merge(outbox_sweep_router(&runtime)))
+    push_only(&runtime, router)
 }
 
 /// Adds the push endpoint of `subscription`, delivering to `step`.
@@ -272,31 +269,6 @@ async fn close_connection(mut response: Response) -> Response {
 /// `GET /internal/meter`: the process's operation counts ([`crate::meter`]), for the bench;
 /// behind push authentication like the sweeps.
 pub const METER_PATH: &str = "/internal/meter";
-
-/// `POST /internal/sweep/outbox`: republishes this function's stale outbox records.
-pub fn outbox_sweep_router(runtime: &Runtime) -> Router {
-    Router::new().route(
-        runtime.function.sweep_path(),
-        post(sweep_outbox).with_state(runtime.clone()),
-    )
-}
-
-async fn sweep_outbox(State(runtime): State<Runtime>) -> Result<Json<SweepReport>, PushError> {
-    let runtime = runtime.sweeping();
-    // Marks still queued in this instance would read as unpublished.
-    runtime.marks.flush().await;
-    let report = outbox::sweep(
-        &runtime.store,
-        &runtime.publisher,
-        runtime.function.publishes(),
-        runtime.config.outbox_grace,
-    )
-    .await?;
-    if report.failed > 0 {
-        return Err(PushError::SweepIncomplete(report));
-    }
-    Ok(Json(report))
-}
 
 async fn handle<S: Step>(
     State(state): State<Arc<StepState<S>>>,
@@ -373,96 +345,82 @@ async fn process<S: Step>(
     delivery_id: &str,
 ) -> Result<Ack, PushError> {
     let store = &state.runtime.store;
-    let publisher = &state.runtime.publisher;
-    let key = step_record_id(&event.order_id.to_string(), S::NAME);
-
+    let order_id = event.order_id.to_string();
     let event = Arc::new(event);
     let ran = store
-        .transaction(S::NAME, |mut tx| {
-            let step = state.step.clone();
-            let event = event.clone();
-            let key = key.clone();
+        .transaction_with(S::NAME, |mut tx| {
+            let (step, event, order_id) = (state.step.clone(), event.clone(), order_id.clone());
             async move {
-                // The idempotency record and what the step will read, in one round trip.
+                // The order and what the step will read, in one round trip.
                 let reads = step.reads(&event);
-                let ahead: Vec<(&str, &str)> = std::iter::once((collections::STEPS, key.as_str()))
-                    .chain(reads.iter().map(|(c, id)| (*c, id.as_str())))
-                    .collect();
+                let ahead: Vec<(&str, &str)> =
+                    std::iter::once((collections::ORDERS, order_id.as_str()))
+                        .chain(reads.iter().map(|(c, id)| (*c, id.as_str())))
+                        .collect();
                 tx.read_ahead(&ahead).await?;
-                if let Some(done) = tx.get::<StepRecord>(collections::STEPS, &key).await? {
-                    let outbox = match &done.emitted_event_id {
-                        Some(id) => tx.get::<OutboxRecord>(collections::OUTBOX, id).await?,
-                        None => None,
-                    };
-                    return Ok(Ran::Done(Box::new((done, outbox, false))));
+                let order: Option<OrderDoc> = tx.get(collections::ORDERS, &order_id).await?;
+                if let Some(done) = order.as_ref().and_then(|o| o.step(S::NAME)) {
+                    return Ok::<_, StepError>(Ran::Done(Box::new(done.clone()), false));
                 }
-                let outcome = step.run(&mut tx, &event).await?;
-                if outcome.not_yet {
-                    return Ok(Ran::NotYet(outcome.summary));
-                }
-                let now = Timestamp::now();
-                let outbox = outcome
-                    .emit
-                    .map(|body| outbox::record(&Event::new(event.order_id, body), now, &trace));
-                let record = StepRecord {
-                    order_id: event.order_id.to_string(),
-                    step: S::NAME.to_owned(),
-                    incoming_event_id: event.event_id.to_string(),
-                    outcome: outcome.summary,
-                    emitted_event_id: outbox.as_ref().map(|o| o.event_id.clone()),
-                    processed_at: now,
-                    expire_at: expiry_from(now),
+                let (mut order, summary, emit) = match step.run(&mut tx, &event, order).await? {
+                    Outcome::NotYet(why) => return Ok(Ran::NotYet(why)),
+                    Outcome::Done { order, summary } => (order, summary, None),
+                    Outcome::Emit {
+                        order,
+                        summary,
+                        event: body,
+                    } => (order, summary, Some(body)),
                 };
-                tx.set(collections::STEPS, &key, &record)?;
-                let mut entries = vec![timeline::consumed(
-                    S::NAME,
-                    event.body.kind(),
-                    &record.incoming_event_id,
-                    &record.order_id,
-                    &record.outcome,
-                    &trace,
-                    now,
-                )];
-                if let Some(outbox) = &outbox {
-                    outbox::stage(&mut tx, outbox)?;
-                    entries.push(timeline::emitted(S::NAME, outbox, &trace));
-                }
-                timeline::stage(&mut tx, entries)?;
-                Ok(Ran::Done(Box::new((record, outbox, true))))
+                let now = Timestamp::now();
+                let record = StepRecord {
+                    step: S::NAME.to_owned(),
+                    consumed_id: event.event_id.to_string(),
+                    consumed_type: event.body.kind().to_owned(),
+                    outcome: summary,
+                    at: now,
+                    trace_id: trace.trace_id_hex(),
+                    emitted: emit
+                        .map(|body| Emitted::of(&Event::new(event.order_id, body), &trace)),
+                };
+                order.record(record.clone());
+                order.updated_at = now;
+                tx.set(collections::ORDERS, &order_id, &order)?;
+                Ok(Ran::Done(Box::new(record), true))
             }
             .boxed()
         })
         .await?;
-    let (record, outbox, fresh) = match ran {
-        Ran::Done(done) => *done,
+    let (record, fresh) = match ran {
+        Ran::Done(record, fresh) => (*record, fresh),
         Ran::NotYet(why) => return Err(PushError::NotYet(why)),
     };
 
     if state.runtime.config.faults.crash_after_commit && fresh {
         return Err(PushError::InjectedCrash);
     }
-    if let Some(outbox) = outbox.filter(|o| !o.published) {
-        outbox::deliver_batched(publisher, &state.runtime.marks, &outbox)
-            .await
-            .map_err(DeliverError::from)?;
+    // Published on every delivery, duplicates too: the one before may have died between its
+    // commit and its publish.
+    if let Some(emitted) = &record.emitted {
+        outbox::publish(&state.runtime.publisher, emitted).await?;
     }
     if fresh {
         tracing::info!(outcome = %record.outcome, "step done");
         Ok(Ack::Processed {
             outcome: record.outcome,
-            emitted_event_id: record.emitted_event_id,
+            emitted_event_id: record.emitted.map(|e| e.event_id),
         })
     } else {
-        tracing::info!(outcome = %record.outcome, "concurrent duplicate, step already done");
+        tracing::info!(outcome = %record.outcome, "duplicate delivery, step already done");
         note_duplicate(store, S::NAME, &event, delivery_id, &trace).await;
         Ok(Ack::Duplicate {
             outcome: record.outcome,
-            emitted_event_id: record.emitted_event_id,
+            emitted_event_id: record.emitted.map(|e| e.event_id),
         })
     }
 }
 
-/// Adds the duplicate to the timeline; losing that line loses no state, so it only warns.
+/// Adds the duplicate to the order's history; losing that line loses no state, so it only
+/// warns.
 async fn note_duplicate(
     store: &crate::store::Store,
     step: &str,
@@ -470,8 +428,19 @@ async fn note_duplicate(
     delivery_id: &str,
     trace: &TraceContext,
 ) {
-    if let Err(error) = timeline::record_duplicate(store, step, event, delivery_id, trace).await {
-        tracing::warn!(%error, "duplicate not recorded in the timeline");
+    let duplicate = Duplicate {
+        step: step.to_owned(),
+        event_id: event.event_id.to_string(),
+        event_type: event.body.kind().to_owned(),
+        delivery: delivery_id.to_owned(),
+        at: Timestamp::now(),
+        trace_id: trace.trace_id_hex(),
+    };
+    if let Err(error) = store
+        .note_duplicate(&event.order_id.to_string(), &duplicate)
+        .await
+    {
+        tracing::warn!(%error, "duplicate not recorded in the order's history");
     }
 }
 

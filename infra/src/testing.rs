@@ -168,3 +168,44 @@ async fn serve(State(server): State<KeyServer>) -> Response {
     }
     response
 }
+
+/// An order for `quantity` widgets by jack, moved to `status` the legal way (for the steps'
+/// unit tests: a status is only ever set through `OrderDoc::advance`).
+pub fn order_at(status: crate::events::OrderStatus, quantity: u32) -> crate::order::OrderDoc {
+    use crate::events::{FailureReason, OrderDetails, OrderStatus};
+    let details = OrderDetails {
+        item: "widget".into(),
+        quantity,
+        user: "jack".into(),
+        payment_error: false,
+    };
+    let now = jiff::Timestamp::UNIX_EPOCH;
+    let mut order = crate::order::OrderDoc::new(uuid::Uuid::new_v4(), &details, now);
+    let path: &[OrderStatus] = match status {
+        OrderStatus::Pending => &[],
+        OrderStatus::OrderCreated => &[OrderStatus::OrderCreated],
+        OrderStatus::InventoryReserved => {
+            &[OrderStatus::OrderCreated, OrderStatus::InventoryReserved]
+        }
+        OrderStatus::Completed => &[
+            OrderStatus::OrderCreated,
+            OrderStatus::InventoryReserved,
+            OrderStatus::Completed,
+        ],
+        OrderStatus::Failed | OrderStatus::Compensated => &[],
+    };
+    for step in path {
+        order.advance(*step, now).expect("a legal path");
+    }
+    if matches!(status, OrderStatus::Failed | OrderStatus::Compensated) {
+        order
+            .fail(FailureReason::Timeout, now)
+            .expect("a legal path");
+    }
+    if status == OrderStatus::Compensated {
+        order
+            .compensate(FailureReason::Timeout, now)
+            .expect("a legal path");
+    }
+    order
+}

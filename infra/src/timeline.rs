@@ -1,23 +1,22 @@
-//! The saga's timeline: an append-only record of every event each step consumed (with its
-//! outcome) and emitted (with its payload, so history can be replayed), and of duplicate
-//! deliveries. Entries are written in the step's transaction (duplicates after it), one
-//! document per step, and never expire: they are the audit trail.
+//! The saga's timeline: what each step consumed (with its outcome) and emitted (with its
+//! payload, so history can be replayed), and the deliveries that came again. It is read from
+//! the order document's step records and duplicates ([`crate::order`]), which are written in
+//! each step's own transaction and never expire: they are the audit trail.
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::events::Event;
-use crate::store::{Context, OutboxRecord, Store, StoreError, Tx, collections};
-use crate::trace::TraceContext;
+use crate::order::OrderDoc;
+use crate::store::{Store, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EntryKind {
     /// A step took the event and decided (`outcome`).
     Consumed,
-    /// A step committed this event to its outbox, to be published.
+    /// A step committed this event, to be published.
     Emitted,
     /// The event was delivered again; nothing changed.
     Duplicate,
@@ -26,7 +25,6 @@ pub enum EntryKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
     pub order_id: String,
-    #[serde(with = "firestore::serialize_as_timestamp")]
     pub at: Timestamp,
     /// The function (or sweep) that consumed or emitted it.
     pub step: String,
@@ -34,152 +32,79 @@ pub struct TimelineEntry {
     pub event_type: String,
     pub event_id: String,
     pub outcome: String,
-    #[serde(default)]
     pub topic: Option<String>,
     /// The event's JSON, for emitted events (what `saga replay` republishes).
-    #[serde(default)]
     pub payload: Option<String>,
-    #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    #[serde(default)]
     pub trace_id: Option<String>,
 }
 
-/// A step consumed `event` and decided `outcome`.
-pub fn consumed(
-    step: &str,
-    event_type: &str,
-    event_id: &str,
-    order_id: &str,
-    outcome: &str,
-    trace: &TraceContext,
-    at: Timestamp,
-) -> TimelineEntry {
-    TimelineEntry {
-        order_id: order_id.to_owned(),
-        at,
-        step: step.to_owned(),
-        kind: EntryKind::Consumed,
-        event_type: event_type.to_owned(),
-        event_id: event_id.to_owned(),
-        outcome: outcome.to_owned(),
-        topic: None,
-        payload: None,
-        attributes: BTreeMap::new(),
-        trace_id: Some(trace.trace_id_hex()),
+/// The order's timeline, oldest first (at one instant, what a step consumed before what it
+/// emitted).
+pub fn history(order: &OrderDoc) -> Vec<TimelineEntry> {
+    let entry =
+        |step: &str, kind, at, event_type: &str, event_id: &str, trace_id: &str| TimelineEntry {
+            order_id: order.order_id.clone(),
+            at,
+            step: step.to_owned(),
+            kind,
+            event_type: event_type.to_owned(),
+            event_id: event_id.to_owned(),
+            outcome: String::new(),
+            topic: None,
+            payload: None,
+            attributes: BTreeMap::new(),
+            trace_id: Some(trace_id.to_owned()),
+        };
+    let mut entries = Vec::new();
+    for r in &order.steps {
+        entries.push(TimelineEntry {
+            outcome: r.outcome.clone(),
+            ..entry(
+                &r.step,
+                EntryKind::Consumed,
+                r.at,
+                &r.consumed_type,
+                &r.consumed_id,
+                &r.trace_id,
+            )
+        });
+        if let Some(e) = &r.emitted {
+            entries.push(TimelineEntry {
+                outcome: format!("to {}", e.topic),
+                topic: Some(e.topic.clone()),
+                payload: Some(e.payload.clone()),
+                attributes: e.attributes.clone(),
+                ..entry(
+                    &r.step,
+                    EntryKind::Emitted,
+                    r.at,
+                    e.event_type(),
+                    &e.event_id,
+                    &r.trace_id,
+                )
+            });
+        }
     }
-}
-
-/// A step emitted the event of `record`.
-pub fn emitted(step: &str, record: &OutboxRecord, trace: &TraceContext) -> TimelineEntry {
-    TimelineEntry {
-        order_id: record.order_id.clone(),
-        at: record.created_at,
-        step: step.to_owned(),
-        kind: EntryKind::Emitted,
-        event_type: record.attributes.get("type").cloned().unwrap_or_default(),
-        event_id: record.event_id.clone(),
-        outcome: format!("to {}", record.topic),
-        topic: Some(record.topic.clone()),
-        payload: Some(record.payload.clone()),
-        attributes: record.attributes.clone(),
-        trace_id: Some(trace.trace_id_hex()),
+    for d in &order.duplicates {
+        entries.push(TimelineEntry {
+            outcome: format!("already done (delivery {})", d.delivery),
+            ..entry(
+                &d.step,
+                EntryKind::Duplicate,
+                d.at,
+                &d.event_type,
+                &d.event_id,
+                &d.trace_id,
+            )
+        });
     }
-}
-
-/// How entries are stored: one document per step and delivery, holding the step's entries
-/// (what it consumed, and what it emitted if anything). Two logical entries, one write: every
-/// document the emulator writes costs it CPU for each indexed field, and the timeline was 8 of
-/// an order's ~25 documents. Entries in an array are not indexed field by field.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Stored {
-    order_id: String,
-    /// Whether `entries` has an emitted event: what replay looks for.
-    emits: bool,
-    entries: Vec<TimelineEntry>,
-}
-
-fn entry_id(entry: &TimelineEntry, discriminator: &str) -> String {
-    let kind = match entry.kind {
-        EntryKind::Consumed => "consumed",
-        EntryKind::Emitted => "emitted",
-        EntryKind::Duplicate => "duplicate",
-    };
-    format!(
-        "{}--{}--{kind}--{discriminator}",
-        entry.order_id, entry.step
-    )
-}
-
-fn stored(entries: Vec<TimelineEntry>) -> Stored {
-    Stored {
-        order_id: entries
-            .first()
-            .map(|e| e.order_id.clone())
-            .unwrap_or_default(),
-        emits: entries.iter().any(|e| e.kind == EntryKind::Emitted),
-        entries,
-    }
-}
-
-/// Queues a step's entries (what it consumed, then what it emitted) on its transaction, as
-/// one document named after the first.
-pub fn stage(tx: &mut Tx<'_>, entries: Vec<TimelineEntry>) -> Result<(), StoreError> {
-    let Some(first) = entries.first() else {
-        return Ok(());
-    };
-    let id = entry_id(first, &first.event_id);
-    tx.set(collections::TIMELINE, &id, &stored(entries))
-}
-
-/// Records a duplicate delivery (outside any transaction: it changes nothing).
-pub async fn record_duplicate(
-    store: &Store,
-    step: &str,
-    event: &Event,
-    delivery_id: &str,
-    trace: &TraceContext,
-) -> Result<(), StoreError> {
-    let entry = TimelineEntry {
-        kind: EntryKind::Duplicate,
-        outcome: "already done".into(),
-        ..consumed(
-            step,
-            event.body.kind(),
-            &event.event_id.to_string(),
-            &event.order_id.to_string(),
-            "",
-            trace,
-            Timestamp::now(),
-        )
-    };
-    store
-        .set(
-            collections::TIMELINE,
-            &entry_id(&entry, delivery_id),
-            &stored(vec![entry]),
-        )
-        .await
-}
-
-/// The order's timeline, oldest first.
-pub async fn history(store: &Store, order_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
-    let order_id = order_id.to_owned();
-    let stored: Vec<Stored> = store
-        .db()
-        .fluent()
-        .select()
-        .from(collections::TIMELINE)
-        .filter(|q| q.for_all([q.field("order_id").eq(order_id.clone())]))
-        .obj()
-        .query()
-        .await
-        .context(format!("reading the timeline of {order_id}"))?;
-    store.meter().query(stored.len());
-    let mut entries: Vec<TimelineEntry> = stored.into_iter().flat_map(|s| s.entries).collect();
     entries.sort_by_key(|e| (e.at, matches!(e.kind, EntryKind::Emitted)));
-    Ok(entries)
+    entries
 }
+
+/// Orders a replay reads in one page.
+const REPLAY_PAGE: u32 = 500;
 
 /// Emitted events between `since` and `until`, oldest first, for replay.
 pub async fn emitted_between(
@@ -187,22 +112,22 @@ pub async fn emitted_between(
     since: Timestamp,
     until: Timestamp,
 ) -> Result<Vec<TimelineEntry>, StoreError> {
-    let stored: Vec<Stored> = store
-        .db()
-        .fluent()
-        .select()
-        .from(collections::TIMELINE)
-        .filter(|q| q.for_all([q.field("emits").eq(true)]))
-        .obj()
-        .query()
-        .await
-        .context("reading emitted events")?;
-    store.meter().query(stored.len());
-    let mut entries: Vec<TimelineEntry> = stored
-        .into_iter()
-        .flat_map(|s| s.entries)
-        .filter(|e| e.kind == EntryKind::Emitted && e.at >= since && e.at <= until)
-        .collect();
+    let mut entries = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .orders_changed_since(since, after, REPLAY_PAGE)
+            .await?;
+        after = page.last().map(|o| o.updated_at);
+        entries.extend(
+            page.iter()
+                .flat_map(history)
+                .filter(|e| e.kind == EntryKind::Emitted && e.at >= since && e.at <= until),
+        );
+        if page.len() < REPLAY_PAGE as usize {
+            break;
+        }
+    }
     entries.sort_by_key(|e| e.at);
     Ok(entries)
 }
@@ -210,28 +135,52 @@ pub async fn emitted_between(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{Event, EventBody, OrderDetails};
+    use crate::order::{Duplicate, Emitted, StepRecord};
+    use crate::trace::TraceContext;
 
     #[test]
-    fn a_step_stores_what_it_consumed_and_emitted_as_one_document_replay_can_find() {
-        let trace = TraceContext::root();
-        let at = Timestamp::UNIX_EPOCH;
-        let consumed = consumed(
-            "order",
-            "order-requested",
-            "e1",
-            "o1",
-            "created",
-            &trace,
-            at,
-        );
-        let emitted = TimelineEntry {
-            kind: EntryKind::Emitted,
-            event_id: "e2".into(),
-            ..consumed.clone()
+    fn the_history_is_each_steps_consumed_and_emitted_then_duplicates_in_time_order() {
+        let details = OrderDetails {
+            item: "widget".into(),
+            quantity: 1,
+            user: "jack".into(),
+            payment_error: false,
         };
-        let both = stored(vec![consumed.clone(), emitted]);
-        assert_eq!((both.order_id.as_str(), both.emits), ("o1", true));
-        assert_eq!(both.entries.len(), 2);
-        assert!(!stored(vec![consumed]).emits);
+        let id = uuid::Uuid::new_v4();
+        let t0 = Timestamp::UNIX_EPOCH;
+        let t1 = t0 + jiff::SignedDuration::from_secs(1);
+        let mut order = OrderDoc::new(id, &details, t0);
+        let created = Event::new(id, EventBody::OrderCreated { order: details });
+        order.record(StepRecord {
+            step: "order".into(),
+            consumed_id: "e1".into(),
+            consumed_type: "order-requested".into(),
+            outcome: "order created".into(),
+            at: t0,
+            trace_id: "t".into(),
+            emitted: Some(Emitted::of(&created, &TraceContext::root())),
+        });
+        order.duplicates.push(Duplicate {
+            step: "order".into(),
+            event_id: "e1".into(),
+            event_type: "order-requested".into(),
+            delivery: "m-2".into(),
+            at: t1,
+            trace_id: "t".into(),
+        });
+        let h = history(&order);
+        let kinds: Vec<_> = h.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EntryKind::Consumed,
+                EntryKind::Emitted,
+                EntryKind::Duplicate
+            ]
+        );
+        assert_eq!(h[1].event_type, "order-created");
+        assert_eq!(h[1].topic.as_deref(), Some("order-created"));
+        assert!(h[1].payload.is_some(), "what replay republishes");
     }
 }

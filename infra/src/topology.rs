@@ -45,12 +45,15 @@ impl Function {
         }
     }
 
-    /// The endpoint a scheduler (or `saga up`'s timer) calls to sweep: the janitor fails stuck
-    /// sagas, the others republish their unpublished outbox records.
-    pub const fn sweep_path(self) -> &'static str {
+    /// The endpoint a scheduler (or `saga up`'s timer) calls to sweep, if the function has
+    /// one: the frontend republishes the events of orders still PENDING (it has no
+    /// redelivery), the janitor fails stuck sagas. The push steps need none: what they did
+    /// not publish comes back with the redelivery.
+    pub const fn sweep_path(self) -> Option<&'static str> {
         match self {
-            Function::Janitor => "/internal/sweep/timeouts",
-            _ => "/internal/sweep/outbox",
+            Function::Frontend => Some("/internal/sweep/outbox"),
+            Function::Janitor => Some("/internal/sweep/timeouts"),
+            Function::Order | Function::Inventory | Function::Payments => None,
         }
     }
 
@@ -61,7 +64,9 @@ impl Function {
             Function::Order => &[topics::ORDER_CREATED, topics::ERROR],
             Function::Inventory => &[topics::INVENTORY_UPDATED, topics::ERROR],
             Function::Payments => &[topics::PAYMENT_CREATED, topics::ERROR],
-            Function::Janitor => &[],
+            // A completed saga's last event, if its delivery was dead-lettered before the
+            // publish went through (see the janitor's dead-letter step).
+            Function::Janitor => &[topics::PAYMENT_CREATED],
         }
     }
 

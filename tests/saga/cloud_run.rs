@@ -155,6 +155,7 @@ impl Front {
 }
 
 const ORDER_URL: &str = "https://saga-order-123456.europe-west1.run.app";
+const JANITOR_URL: &str = "https://saga-janitor-123456.europe-west1.run.app";
 
 /// A push body of a new order's `order-requested` event, and its order id.
 fn order_requested() -> (Uuid, String) {
@@ -176,24 +177,30 @@ fn order_requested() -> (Uuid, String) {
     )
 }
 
-/// `order` deployed as Terraform deploys it: push auth for its URL, behind the invoker check.
-async fn order_behind_cloud_run(keys: &KeyServer, iam_fronted: bool) -> (TestApp, CloudRunFront) {
-    let mut app = spawn_app().await;
+/// `function` deployed as Terraform deploys it: push auth for its URL `url`, behind Cloud
+/// Run's invoker check (`iam_fronted`), which only the push identity passes.
+async fn behind_cloud_run(
+    app: &mut TestApp,
+    function: Function,
+    url: &str,
+    keys: &KeyServer,
+    iam_fronted: bool,
+) -> CloudRunFront {
     let settings = OidcSettings {
-        audience: ORDER_URL.into(),
+        audience: url.into(),
         service_account: PUSHER.into(),
         jwks_url: keys.url.clone(),
         iam_fronted,
     };
-    app.restart_with(Function::Order, |c| c.push_auth = PushAuth::Oidc(settings))
+    app.restart_with(function, |c| c.push_auth = PushAuth::Oidc(settings))
         .await;
-    let front = CloudRunFront::start(
-        app.url(Function::Order, ""),
-        ORDER_URL,
-        &[PUSHER],
-        &keys.url,
-    )
-    .await;
+    CloudRunFront::start(app.url(function, ""), url, &[PUSHER], &keys.url).await
+}
+
+/// `order` behind Cloud Run, in a fresh stack.
+async fn order_behind_cloud_run(keys: &KeyServer, iam_fronted: bool) -> (TestApp, CloudRunFront) {
+    let mut app = spawn_app().await;
+    let front = behind_cloud_run(&mut app, Function::Order, ORDER_URL, keys, iam_fronted).await;
     (app, front)
 }
 
@@ -217,7 +224,8 @@ fn bearer(name: &'static str, token: &str) -> (&'static str, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_cloud_runs_invoker_check_pushes_and_scheduler_sweeps_are_served() {
     let keys = KeyServer::start(&[KEY_1]).await;
-    let (app, front) = order_behind_cloud_run(&keys, true).await;
+    let (mut app, front) = order_behind_cloud_run(&keys, true).await;
+    let janitor = behind_cloud_run(&mut app, Function::Janitor, JANITOR_URL, &keys, true).await;
     let token = KEY_1.sign(&google_claims(ORDER_URL, PUSHER, 3600));
 
     // A push, as Pub/Sub sends it: Authorization.
@@ -246,11 +254,14 @@ async fn behind_cloud_runs_invoker_check_pushes_and_scheduler_sweeps_are_served(
     assert_eq!((status, ack_kind(&ack)), (200, "processed"), "{ack}");
     assert_eq!(app.get_order(id).await["status"], "ORDER_CREATED");
 
-    // A Cloud Scheduler sweep: the push identity's token, Scheduler's headers.
+    // A Cloud Scheduler sweep of the janitor: the push identity's token for its URL,
+    // Scheduler's headers.
+    let sweep = Function::Janitor.sweep_path().unwrap();
+    let janitor_token = KEY_1.sign(&google_claims(JANITOR_URL, PUSHER, 3600));
     let (status, report) = post(
-        &format!("{}{}", front.url, Function::Order.sweep_path()),
+        &format!("{}{sweep}", janitor.url),
         &[
-            bearer("authorization", &token),
+            bearer("authorization", &janitor_token),
             ("x-cloudscheduler", "true".to_owned()),
             ("user-agent", "Google-Cloud-Scheduler".to_owned()),
         ],
@@ -259,8 +270,9 @@ async fn behind_cloud_runs_invoker_check_pushes_and_scheduler_sweeps_are_served(
     .await;
     assert_eq!(status, 200, "{report}");
 
-    // Every token the function saw had its signature removed by the front end.
-    let forwarded = front.forwarded();
+    // Every token the functions saw had its signature removed by the front end.
+    let mut forwarded = front.forwarded();
+    forwarded.extend(janitor.forwarded());
     assert_eq!(forwarded.len(), 3);
     assert!(
         forwarded

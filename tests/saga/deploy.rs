@@ -87,6 +87,11 @@ fn terraform_functions_consume_and_publish_what_the_rust_topology_says() {
             json!(function == Function::Frontend),
             "{function} public"
         );
+        assert_eq!(
+            tf["sweep_path"],
+            json!(function.sweep_path()),
+            "{function} sweep"
+        );
         let expected: serde_json::Map<String, Value> = function
             .consumes()
             .map(|s| {
@@ -183,22 +188,32 @@ fn terraform_resources_are_built_from_the_topology() {
 }
 
 #[test]
-fn terraform_ttl_policies_cover_every_expiring_collection() {
+fn terraform_indexes_what_the_sweeps_query_and_nothing_the_order_only_carries() {
     let main = parse("terraform/main.tf");
-    let ttl = block_attr(
+    // The sweeps' query (Store::orders_due): status IN (...) and updated_at <= cutoff,
+    // ordered by updated_at, needs a composite index.
+    let index = blocks(&main, "resource", &["google_firestore_index", "orders_due"])
+        .next()
+        .expect("the sweeps' composite index");
+    let text = hcl::format::to_string(index.body()).unwrap();
+    assert!(
+        text.contains(&format!("collection = \"{}\"", collections::ORDERS)),
+        "{text}"
+    );
+    let status = text.find("\"status\"").expect("status first");
+    let updated = text.find("\"updated_at\"").expect("then updated_at");
+    assert!(status < updated, "{text}");
+    // The records an order carries are read whole, never queried: no index entries for them.
+    let exempt = block_attr(
         &main,
         "resource",
-        &["google_firestore_field", "expire_at"],
+        &["google_firestore_field", "unindexed"],
         "for_each",
     );
-    for collection in [
-        collections::STEPS,
-        collections::OUTBOX,
-        collections::IDEMPOTENCY_KEYS,
-    ] {
+    for field in ["steps", "duplicates"] {
         assert!(
-            ttl.contains(&format!("\"{collection}\"")),
-            "{collection} has no TTL: {ttl}"
+            exempt.contains(&format!("\"{field}\"")),
+            "{field}: {exempt}"
         );
     }
 }

@@ -1,7 +1,5 @@
 use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails};
-use saga_infra::store::{
-    PaymentDoc, ReservationDoc, ReservationStatus, StepRecord, collections, step_record_id,
-};
+use saga_infra::order::ReservationStatus;
 use saga_infra::topology::Function;
 use serde_json::json;
 use uuid::Uuid;
@@ -19,11 +17,7 @@ async fn not_enough_stock_is_compensated_and_nothing_moves() {
     assert_eq!(order["reason"], "insufficient-stock");
     assert_eq!(app.stock("wotsit").await, 20_000);
     assert_eq!(app.balance("jill").await, 100_000);
-    assert!(
-        app.doc::<ReservationDoc>(collections::RESERVATIONS, &id.to_string())
-            .await
-            .is_none()
-    );
+    assert!(app.order_doc(id).await.unwrap().reservation.is_none());
 
     // The failure is visible on error-cli-sub without stealing it from the janitor.
     let events = app
@@ -48,20 +42,14 @@ async fn a_failed_payment_releases_exactly_the_reserved_stock() {
     assert_eq!(order["reason"], "payment-error");
     assert_eq!(app.stock("wotsit").await, 20_000);
     assert_eq!(app.balance("jill").await, 100_000);
-    let reservation: ReservationDoc = app
-        .doc(collections::RESERVATIONS, &id.to_string())
-        .await
-        .unwrap();
+    let doc = app.order_doc(id).await.unwrap();
+    let reservation = doc.reservation.unwrap();
     assert_eq!(
         reservation.status,
         ReservationStatus::Released,
         "kept as an audit record"
     );
-    assert!(
-        app.doc::<PaymentDoc>(collections::PAYMENTS, &id.to_string())
-            .await
-            .is_none()
-    );
+    assert!(doc.payment.is_none());
     app.assert_invariants().await;
 }
 
@@ -89,12 +77,9 @@ async fn a_real_payment_failure_an_unknown_user_and_an_unknown_item_are_compensa
         );
     }
     // The unknown user failed before anything was reserved.
-    let inventory = step_record_id(&stranger.to_string(), "inventory");
-    assert!(
-        app.doc::<StepRecord>(collections::STEPS, &inventory)
-            .await
-            .is_none()
-    );
+    let stranger = app.order_doc(stranger).await.unwrap();
+    assert!(stranger.step("inventory").is_none());
+    assert!(stranger.reservation.is_none());
     assert_eq!(app.stock("widget").await, 10_000);
     assert_eq!(app.balance("penny").await, 5);
     assert_eq!(app.balance("jack").await, 100_000);
@@ -152,10 +137,7 @@ async fn a_failed_payment_gives_a_sharded_item_back_exactly_what_it_took_from_ea
         .await;
     let order = app.wait_terminal(id).await;
     assert_eq!(order["reason"], "payment-error");
-    let reservation: ReservationDoc = app
-        .doc(collections::RESERVATIONS, &id.to_string())
-        .await
-        .unwrap();
+    let reservation = app.order_doc(id).await.unwrap().reservation.unwrap();
     assert!(reservation.allocations.len() >= 2, "{reservation:?}");
     assert_eq!(
         reservation

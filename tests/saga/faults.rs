@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use saga_infra::config::Endpoint;
 use saga_infra::events::{Event, EventBody, OrderDetails};
-use saga_infra::store::{StepRecord, collections, step_record_id};
+use saga_infra::order::StepRecord;
+use saga_infra::store::collections;
 use saga_infra::topology::Function;
 use serde_json::json;
 use uuid::Uuid;
@@ -38,10 +39,9 @@ async fn wait_for_status(app: &TestApp, id: Uuid, status: &str) {
 }
 
 async fn wait_for_step(app: &TestApp, id: Uuid, step: &str) -> StepRecord {
-    let key = step_record_id(&id.to_string(), step);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(record) = app.doc::<StepRecord>(collections::STEPS, &key).await {
+        if let Some(record) = app.order_doc(id).await.and_then(|o| o.step(step).cloned()) {
             return record;
         }
         assert!(Instant::now() < deadline, "{step} never ran for {id}");
@@ -100,9 +100,9 @@ async fn a_crash_after_commit_is_recovered_by_the_outbox_sweep() {
         .post_order(&json!({"item": "widget", "quantity": 6, "user": "jack"}))
         .await;
     assert_eq!(response.status(), 503, "the crash is visible to the client");
-    let requests: Vec<(String, serde_json::Value)> = app.docs(collections::REQUESTS).await;
-    assert_eq!(requests.len(), 1, "but the order was committed");
-    let id: Uuid = requests[0].0.parse().unwrap();
+    let orders = app.orders().await;
+    assert_eq!(orders.len(), 1, "but the order was committed");
+    let id: Uuid = orders[0].0.parse().unwrap();
     assert_eq!(app.get_order(id).await["status"], "PENDING");
 
     let report = app.sweep(Function::Frontend).await;
@@ -159,11 +159,11 @@ async fn events_out_of_order_and_repeated_end_in_the_right_state() {
         let (status, body) = app.push(Function::Payments, &reserved).await;
         assert_eq!(status, 503, "{body}");
     }
-    let key = step_record_id(&id.to_string(), "payments");
     assert!(
-        app.doc::<StepRecord>(collections::STEPS, &key)
+        app.order_doc(id)
             .await
-            .is_none()
+            .is_none_or(|o| o.step("payments").is_none()),
+        "nothing recorded"
     );
 
     let requested = Event::new(id, EventBody::OrderRequested { order: widgets(3) });
@@ -267,7 +267,7 @@ async fn a_stuck_saga_times_out_and_its_late_event_changes_nothing() {
     app.start(Function::Payments, port).await;
     let late = wait_for_step(&app, id, "payments").await;
     assert!(late.outcome.contains("COMPENSATED"), "{late:?}");
-    assert_eq!(late.emitted_event_id, None);
+    assert_eq!(late.emitted, None);
     assert_eq!(app.balance("jack").await, 100_000, "no charge");
     assert_eq!(app.get_order(id).await["status"], "COMPENSATED");
     let again = app.sweep(Function::Janitor).await;

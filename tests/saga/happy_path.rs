@@ -1,7 +1,5 @@
 use saga_infra::events::{EventBody, OrderStatus};
-use saga_infra::store::{
-    PaymentDoc, PaymentStatus, ReservationDoc, ReservationStatus, collections,
-};
+use saga_infra::order::{PaymentStatus, ReservationStatus};
 use saga_infra::topology::Function;
 use serde_json::json;
 
@@ -26,19 +24,13 @@ async fn an_order_completes_once_and_its_payment_event_can_be_pulled() {
     assert_eq!(order["amount"], 50);
     assert_eq!(app.stock("widget").await, 10_000 - 5);
     assert_eq!(app.balance("jack").await, 100_000 - 50);
-    let payment: PaymentDoc = app
-        .doc(collections::PAYMENTS, &id.to_string())
-        .await
-        .unwrap();
+    let doc = app.order_doc(id).await.unwrap();
+    let payment = doc.payment.unwrap();
     assert_eq!(
         (payment.amount, payment.status),
         (50, PaymentStatus::Captured)
     );
-    let reservation: ReservationDoc = app
-        .doc(collections::RESERVATIONS, &id.to_string())
-        .await
-        .unwrap();
-    assert_eq!(reservation.status, ReservationStatus::Reserved);
+    assert_eq!(doc.reservation.unwrap().status, ReservationStatus::Reserved);
 
     let events = app
         .pull_until("payment-created-sub", |es| {

@@ -10,6 +10,7 @@ use saga::check::{Baseline, check_settled};
 use saga_emulator::{Emulator, Kind, Overrides, SeedMode};
 use saga_infra::config::Config;
 use saga_infra::events::Event;
+use saga_infra::order::OrderDoc;
 use saga_infra::runtime::{Runtime, Server};
 use saga_infra::store::{ItemDoc, Store, UserDoc, collections};
 use saga_infra::telemetry::{CloudLogging, MemoryWriter};
@@ -248,7 +249,10 @@ impl TestApp {
     pub async fn sweep(&self, function: Function) -> Value {
         let response = self
             .http
-            .post(self.url(function, function.sweep_path()))
+            .post(self.url(
+                function,
+                function.sweep_path().expect("a function with a sweep"),
+            ))
             .send()
             .await
             .expect("sweep");
@@ -331,6 +335,19 @@ impl TestApp {
 
     pub async fn docs<T: DeserializeOwned + Send>(&self, collection: &str) -> Vec<(String, T)> {
         self.store.all(collection).await.expect("listing docs")
+    }
+
+    /// Every order document of this test's project.
+    pub async fn orders(&self) -> Vec<(String, OrderDoc)> {
+        self.docs(collections::ORDERS).await
+    }
+
+    /// The order document (its state, records and history), if there is one.
+    pub async fn order_doc(&self, id: Uuid) -> Option<OrderDoc> {
+        self.store
+            .order(&id.to_string())
+            .await
+            .expect("reading an order")
     }
 
     /// Delivers `event` to `function`'s push endpoint as Pub/Sub would.

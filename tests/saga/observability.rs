@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use saga::ops::{self, ReplayArgs, Selection, Target};
 use saga_infra::events::EventBody;
-use saga_infra::store::{ParkedMessage, StepRecord, collections, step_record_id};
+use saga_infra::store::{ParkedMessage, collections};
 use saga_infra::topology::Function;
 use saga_infra::trace::TraceContext;
 use serde_json::{Value, json};
@@ -305,10 +305,13 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven_once_fixed() {
     .await
     .unwrap();
     assert_eq!(redriven.republished, 1);
-    let key = step_record_id(&id.to_string(), "inventory");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let record = loop {
-        if let Some(r) = app.doc::<StepRecord>(collections::STEPS, &key).await {
+        if let Some(r) = app
+            .order_doc(id)
+            .await
+            .and_then(|o| o.step("inventory").cloned())
+        {
             break r;
         }
         assert!(

@@ -101,10 +101,11 @@ async fn on_the_emulator_push_routes_close_their_connection_and_the_api_keeps_it
         .await;
     assert_eq!(push.status(), 200);
     assert_eq!(connection(&push).as_deref(), Some("close"));
-    // The outbox sweep, which only the scheduler calls, likewise.
+    // A sweep, which only the scheduler calls, likewise.
+    let janitor_sweep = Function::Janitor.sweep_path().unwrap();
     let sweep = app
         .http
-        .post(app.url(Function::Order, Function::Order.sweep_path()))
+        .post(app.url(Function::Janitor, janitor_sweep))
         .send()
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! The store on the Firestore emulator: `Store::transaction`, optimistic (reads take no
 //! locks, one snapshot; writes commit together on the condition that what they replace is
-//! still as read, and run the transaction again if not); and the outbox marks, written
-//! together, each on its own, in the background or at once.
+//! still as read, and run the transaction again if not); and the named operations the
+//! steps and sweeps use besides it: a duplicate noted in one write, orders due page by page.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use futures::FutureExt;
 use jiff::Timestamp;
 use saga_infra::config::Endpoint;
-use saga_infra::outbox::Marks;
-use saga_infra::store::{OutboxRecord, Store, StoreError, UserDoc, collections};
+use saga_infra::events::{OrderDetails, OrderStatus};
+use saga_infra::order::{Duplicate, OrderDoc};
+use saga_infra::store::{Store, StoreError, UserDoc, collections};
 use uuid::Uuid;
 
 use crate::helpers::hosts;
@@ -232,96 +233,122 @@ async fn reads_of_missing_and_repeated_documents_in_one_transaction() {
     assert_eq!(seen, (Some(3), None));
 }
 
-fn outbox_record(event_id: &str) -> OutboxRecord {
-    let now = Timestamp::now();
-    OutboxRecord {
-        event_id: event_id.to_owned(),
-        order_id: "o".into(),
-        topic: "order-created".into(),
-        payload: "{}".into(),
-        attributes: Default::default(),
-        published: false,
-        created_at: now,
-        published_at: None,
-        expire_at: now,
+/// An order accepted `seconds` after the epoch, moved to `status`.
+fn order_changed_at(seconds: i64, status: OrderStatus) -> OrderDoc {
+    let at = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(seconds);
+    let details = OrderDetails {
+        item: "widget".into(),
+        quantity: 1,
+        user: "jack".into(),
+        payment_error: false,
+    };
+    let mut order = OrderDoc::new(Uuid::new_v4(), &details, at);
+    if status != OrderStatus::Pending {
+        order.advance(status, at).expect("a legal move");
     }
+    order
 }
 
-/// A fresh project with an unpublished outbox record for each of `ids`.
-async fn store_with_outbox(ids: &[&str]) -> Store {
+#[tokio::test]
+async fn a_duplicate_is_noted_on_its_order_in_one_write_that_changes_nothing_else() {
+    // Given an order
     let store = fresh_store().await;
-    for id in ids {
+    let order = order_changed_at(1, OrderStatus::OrderCreated);
+    store
+        .set(collections::ORDERS, &order.order_id, &order)
+        .await
+        .unwrap();
+    let duplicate = |delivery: &str| Duplicate {
+        step: "inventory".into(),
+        event_id: "e1".into(),
+        event_type: "order-created".into(),
+        delivery: delivery.into(),
+        at: Timestamp::now(),
+        trace_id: "t".into(),
+    };
+    // When two deliveries are noted, without a read
+    let before = store.meter().counts();
+    for delivery in ["m-1", "m-2"] {
         store
-            .set(collections::OUTBOX, id, &outbox_record(id))
+            .note_duplicate(&order.order_id, &duplicate(delivery))
             .await
-            .expect("writing an outbox record");
+            .unwrap();
     }
-    store
-}
-
-async fn published(store: &Store, event_id: &str) -> Option<bool> {
-    store
-        .get::<OutboxRecord>(collections::OUTBOX, event_id)
-        .await
-        .expect("reading an outbox record")
-        .map(|r| r.published && r.published_at.is_some())
+    let cost = store.meter().counts().since(&before);
+    assert_eq!((cost.reads, cost.writes), (0, 2));
+    // Then both are on the order, and nothing else of it changed
+    let after = store.order(&order.order_id).await.unwrap().unwrap();
+    let deliveries: Vec<&str> = after
+        .duplicates
+        .iter()
+        .map(|d| d.delivery.as_str())
+        .collect();
+    assert_eq!(deliveries, ["m-1", "m-2"]);
+    let mut unchanged = after.clone();
+    unchanged.duplicates.clear();
+    assert_eq!(unchanged, order);
+    // And a duplicate of an order that does not exist creates nothing
+    let missing = Uuid::new_v4().to_string();
+    assert!(
+        store
+            .note_duplicate(&missing, &duplicate("m-3"))
+            .await
+            .is_err()
+    );
+    assert!(store.order(&missing).await.unwrap().is_none());
 }
 
 #[tokio::test]
-async fn marks_are_written_together_and_a_missing_record_does_not_hold_back_the_others() {
-    // Given three outbox records
-    let store = store_with_outbox(&["e1", "e2", "e3"]).await;
-    // When two are marked together, then both are, and nothing else changed
-    store
-        .mark_published(&["e1".into(), "e2".into()], Timestamp::now())
-        .await
-        .expect("marking");
-    assert_eq!(published(&store, "e1").await, Some(true));
-    assert_eq!(published(&store, "e2").await, Some(true));
-    assert_eq!(published(&store, "e3").await, Some(false));
-    // When a mark names a record that does not exist, then the others are still marked, the
-    // missing one is not created, and the error names it
-    let error = store
-        .mark_published(&["e3".into(), "ghost".into()], Timestamp::now())
-        .await
-        .expect_err("one record is missing");
-    assert!(error.to_string().contains("ghost"), "{error}");
-    assert_eq!(published(&store, "e3").await, Some(true));
-    assert_eq!(published(&store, "ghost").await, None);
-}
-
-#[tokio::test]
-async fn queued_marks_are_written_in_the_background_without_anyone_waiting() {
-    // Given three unpublished outbox records
-    let store = store_with_outbox(&["e1", "e2", "e3"]).await;
-    // When two marks are queued (one twice, as concurrent duplicates do) and no one waits
-    let marks = Marks::new(store.clone());
-    for id in ["e1", "e2", "e1"] {
-        marks.defer(id.into());
+async fn orders_due_come_page_by_page_oldest_change_first() {
+    // Given orders changed at 1..=6 s, one of them COMPLETED
+    let store = fresh_store().await;
+    let mut ids = Vec::new();
+    for at in 1..=6 {
+        let status = if at == 3 {
+            OrderStatus::Completed
+        } else {
+            OrderStatus::Pending
+        };
+        let mut order = order_changed_at(at, OrderStatus::Pending);
+        if status == OrderStatus::Completed {
+            for s in [
+                OrderStatus::OrderCreated,
+                OrderStatus::InventoryReserved,
+                status,
+            ] {
+                order.advance(s, order.updated_at).unwrap();
+            }
+        }
+        store
+            .set(collections::ORDERS, &order.order_id, &order)
+            .await
+            .unwrap();
+        ids.push(order.order_id);
     }
-    // Then both are written by themselves, and the third record is untouched
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while published(&store, "e2").await != Some(true) || published(&store, "e1").await != Some(true)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "queued marks never written"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // When the PENDING ones changed by 5 s are read two at a time
+    let cutoff = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(5);
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .orders_due(&[OrderStatus::Pending], cutoff, after, 2)
+            .await
+            .unwrap();
+        after = page.last().map(|o| o.updated_at);
+        let ids: Vec<String> = page.into_iter().map(|o| o.order_id).collect();
+        let done = ids.len() < 2;
+        pages.push(ids);
+        if done {
+            break;
+        }
     }
-    assert_eq!(published(&store, "e3").await, Some(false));
-}
-
-#[tokio::test]
-async fn a_flush_writes_the_queued_marks_before_it_returns() {
-    // Given an unpublished outbox record whose mark is queued
-    let store = store_with_outbox(&["e1"]).await;
-    let marks = Marks::new(store.clone());
-    marks.defer("e1".into());
-    // When the marks are flushed (the sweep, SIGTERM), then the record is marked already
-    marks.flush().await;
-    assert_eq!(published(&store, "e1").await, Some(true));
-    // And the write the mark had scheduled finds nothing left to do
-    marks.flush().await;
-    assert_eq!(published(&store, "e1").await, Some(true));
+    // Then they come in order, the COMPLETED one and the one changed later left out
+    assert_eq!(
+        pages,
+        [
+            vec![ids[0].clone(), ids[1].clone()],
+            vec![ids[3].clone(), ids[4].clone()],
+            vec![]
+        ]
+    );
 }

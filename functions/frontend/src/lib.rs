@@ -20,12 +20,12 @@ use futures::FutureExt;
 use jiff::Timestamp;
 use saga_infra::Runtime;
 use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus};
-use saga_infra::outbox;
-use saga_infra::step;
-use saga_infra::store::{
-    IdempotencyRecord, OrderDoc, OutboxRecord, RequestDoc, StoreError, collections, expiry_from,
-};
+use saga_infra::order::{Emitted, OrderDoc, StepRecord};
+use saga_infra::outbox::{self, SweepReport};
+use saga_infra::step::{self, PushError};
+use saga_infra::store::{StoreError, collections};
 use saga_infra::timeline::{self, EntryKind, TimelineEntry};
+use saga_infra::topology::Function;
 use saga_infra::trace::{TRACEPARENT, TraceContext};
 use serde::Serialize;
 use tracing::Instrument;
@@ -34,8 +34,15 @@ use uuid::Uuid;
 use live::Live;
 use validate::FieldError;
 
+/// The frontend's step name in the order's records.
+pub const STEP: &str = "frontend";
+
 pub fn router(runtime: Runtime) -> Router {
-    let sweep = step::push_only(&runtime, step::outbox_sweep_router(&runtime));
+    let sweep = match Function::Frontend.sweep_path() {
+        Some(path) => Router::new().route(path, post(sweep_pending).with_state(runtime.clone())),
+        None => Router::new(),
+    };
+    let sweep = step::push_only(&runtime, sweep);
     let live = Live::new(REFRESH);
     Router::new()
         .route("/", get(page))
@@ -48,6 +55,24 @@ pub fn router(runtime: Runtime) -> Router {
         .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
         .with_state(runtime)
         .merge(sweep)
+}
+
+/// `POST /internal/sweep/outbox`: the frontend has no redelivery, so the events of orders
+/// still PENDING a grace period after they were accepted (their publish may have failed, or
+/// the instance died before it) are published again.
+async fn sweep_pending(State(runtime): State<Runtime>) -> Result<Json<SweepReport>, PushError> {
+    let runtime = runtime.sweeping();
+    let report = outbox::sweep_pending(
+        &runtime.store,
+        &runtime.publisher,
+        STEP,
+        runtime.config.outbox_grace,
+    )
+    .await?;
+    if report.failed > 0 {
+        return Err(PushError::SweepIncomplete(report));
+    }
+    Ok(Json(report))
 }
 
 /// The frontend's one error type: each variant maps to one status, logged once.
@@ -160,46 +185,39 @@ impl From<TimelineEntry> for HistoryEntry {
 }
 
 impl OrderView {
-    fn pending(id: Uuid, request: RequestDoc) -> OrderView {
+    fn of(id: Uuid, order: &OrderDoc) -> OrderView {
         OrderView {
             order_id: id,
-            status: OrderStatus::Pending,
-            item: request.item,
-            quantity: request.quantity,
-            user: request.user,
-            reason: None,
-            amount: None,
-            created_at: request.created_at,
-            updated_at: request.created_at,
-            history: Vec::new(),
-        }
-    }
-
-    fn of(id: Uuid, order: OrderDoc) -> OrderView {
-        OrderView {
-            order_id: id,
-            status: order.status,
-            item: order.item,
+            status: order.status(),
+            item: order.item.clone(),
             quantity: order.quantity,
-            user: order.user,
-            reason: order.reason.map(|r| r.to_string()),
+            user: order.user.clone(),
+            reason: order.reason().map(|r| r.to_string()),
             amount: order.amount,
             created_at: order.created_at,
             updated_at: order.updated_at,
             history: Vec::new(),
         }
     }
+
+    /// With its history.
+    fn with_history(id: Uuid, order: &OrderDoc) -> OrderView {
+        OrderView {
+            history: timeline::history(order)
+                .into_iter()
+                .map(HistoryEntry::from)
+                .collect(),
+            ..OrderView::of(id, order)
+        }
+    }
 }
 
 /// The result of the accepting transaction.
 enum Accepted {
-    /// A new order: its outbox record, and the request as committed (what the answer shows).
-    New(Box<(OutboxRecord, RequestDoc)>),
+    /// A new order: as committed (what the answer shows, and the event to publish).
+    New(Box<OrderDoc>),
     /// The key was seen with the same request: this is its order.
-    Replay {
-        order_id: Uuid,
-        event_id: String,
-    },
+    Replay(Box<OrderDoc>),
     KeyReused,
 }
 
@@ -222,13 +240,16 @@ async fn create_order(
         .transpose()
         .map_err(|e| ApiError::Invalid(vec![e]))?;
 
-    let order_id = Uuid::new_v4();
+    let order_id = match &key {
+        Some(key) => keyed_order_id(&order.user, key),
+        None => Uuid::new_v4(),
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let trace = TraceContext::from_http(header(TRACEPARENT), header("x-cloud-trace-context"))
         .map_or_else(TraceContext::root, |parent| parent.child());
     let span = tracing::info_span!(
         "accept",
-        step = "frontend",
+        step = STEP,
         order_id = %order_id,
         trace_id = %trace.trace_id_hex(),
         span_id = %trace.span_id_hex(),
@@ -239,6 +260,44 @@ async fn create_order(
         .await
 }
 
+/// The order id an `Idempotency-Key` stands for: derived from the user and the key, so the
+/// order document itself is the key's record (no other document, and no read when a
+/// request carries no key), and one user's key never names another's order.
+pub fn keyed_order_id(user: &str, key: &str) -> Uuid {
+    const KEYS: Uuid = Uuid::from_u128(0x6b1e_40a4_1c8e_4e5c_9d47_02b0_1d6e_a8f3);
+    Uuid::new_v5(&KEYS, format!("{user}\n{key}").as_bytes())
+}
+
+/// The order as accepted: PENDING, with the frontend's record (the request it consumed and
+/// the `order-requested` event it owes the order step).
+fn accepted(
+    order_id: Uuid,
+    order: &OrderDetails,
+    key: Option<&str>,
+    fingerprint: Option<String>,
+    trace: &TraceContext,
+    now: Timestamp,
+) -> OrderDoc {
+    let mut doc = OrderDoc::new(order_id, order, now);
+    doc.fingerprint = fingerprint;
+    let event = Event::new(
+        order_id,
+        EventBody::OrderRequested {
+            order: order.clone(),
+        },
+    );
+    doc.record(StepRecord {
+        step: STEP.to_owned(),
+        consumed_id: key.unwrap_or("http-request").to_owned(),
+        consumed_type: "order-request".to_owned(),
+        outcome: "accepted".to_owned(),
+        at: now,
+        trace_id: trace.trace_id_hex(),
+        emitted: Some(Emitted::of(&event, trace)),
+    });
+    doc
+}
+
 async fn accept(
     rt: Runtime,
     order: OrderDetails,
@@ -247,102 +306,60 @@ async fn accept(
     trace: TraceContext,
 ) -> Result<Response, ApiError> {
     let fingerprint = serde_json::to_string(&order).unwrap_or_default();
+    let id = order_id.to_string();
     let accepted = rt
         .store
         .transaction("accept order", |mut tx| {
-            let (order, key, fingerprint) = (order.clone(), key.clone(), fingerprint.clone());
+            let (order, key, fingerprint, id) =
+                (order.clone(), key.clone(), fingerprint.clone(), id.clone());
             async move {
                 let now = Timestamp::now();
-                if let Some(key) = &key {
-                    if let Some(seen) = tx
-                        .get::<IdempotencyRecord>(collections::IDEMPOTENCY_KEYS, key)
-                        .await?
-                    {
-                        return Ok(match Uuid::parse_str(&seen.order_id) {
-                            Ok(id) if seen.fingerprint == fingerprint => Accepted::Replay {
-                                order_id: id,
-                                event_id: requested_event_id(id, &order),
-                            },
-                            _ => Accepted::KeyReused,
-                        });
-                    }
-                    tx.set(
-                        collections::IDEMPOTENCY_KEYS,
-                        key,
-                        &IdempotencyRecord {
-                            order_id: order_id.to_string(),
-                            fingerprint,
-                            created_at: now,
-                            expire_at: expiry_from(now),
-                        },
-                    )?;
-                }
-                let accepted_request = RequestDoc {
-                    order_id: order_id.to_string(),
-                    item: order.item.clone(),
-                    quantity: i64::from(order.quantity),
-                    user: order.user.clone(),
-                    payment_error: order.payment_error,
-                    idempotency_key: key.clone(),
-                    created_at: now,
+                let Some(key) = &key else {
+                    // A new id: created without a read, on the condition that it is new.
+                    let doc = accepted(order_id, &order, None, None, &trace, now);
+                    tx.create(collections::ORDERS, &id, &doc)?;
+                    return Ok(Accepted::New(Box::new(doc)));
                 };
-                tx.set(
-                    collections::REQUESTS,
-                    &order_id.to_string(),
-                    &accepted_request,
-                )?;
-                let event = Event::new(order_id, EventBody::OrderRequested { order });
-                let record = outbox::record(&event, now, &trace);
-                outbox::stage(&mut tx, &record)?;
-                let id = order_id.to_string();
-                let request = key.as_deref().unwrap_or("http-request");
-                timeline::stage(
-                    &mut tx,
-                    vec![
-                        timeline::consumed(
-                            "frontend",
-                            "order-request",
-                            request,
-                            &id,
-                            "accepted",
-                            &trace,
-                            now,
-                        ),
-                        timeline::emitted("frontend", &record, &trace),
-                    ],
-                )?;
-                Ok(Accepted::New(Box::new((record, accepted_request))))
+                if let Some(seen) = tx.get::<OrderDoc>(collections::ORDERS, &id).await? {
+                    return Ok(
+                        if seen.fingerprint.as_deref() == Some(fingerprint.as_str()) {
+                            Accepted::Replay(Box::new(seen))
+                        } else {
+                            Accepted::KeyReused
+                        },
+                    );
+                }
+                let doc = accepted(order_id, &order, Some(key), Some(fingerprint), &trace, now);
+                tx.set(collections::ORDERS, &id, &doc)?;
+                Ok(Accepted::New(Box::new(doc)))
             }
             .boxed()
         })
         .await?;
 
-    let (view, replayed) = match accepted {
+    let (doc, replayed) = match accepted {
         Accepted::KeyReused => return Err(ApiError::KeyReused),
         Accepted::New(_) if rt.config.faults.crash_after_commit => {
             return Err(ApiError::InjectedCrash);
         }
-        Accepted::New(accepted) => {
-            let (record, request) = *accepted;
-            // The order is committed: if publishing fails now, a redelivery-free path
-            // (the outbox sweep) publishes it; the user's order is accepted either way.
-            if let Err(error) = outbox::deliver_batched(&rt.publisher, &rt.marks, &record).await {
-                tracing::warn!(%error, %order_id, "order accepted, publish deferred to the outbox sweep");
-            }
-            // Answered from what was just committed: no read back.
-            (OrderView::pending(order_id, request), false)
-        }
-        Accepted::Replay { order_id, event_id } => {
-            if let Err(error) = outbox::deliver_pending(&rt.store, &rt.publisher, &event_id).await {
-                tracing::warn!(%error, %order_id, "replayed order still waiting to be published");
-            }
-            let view = find_order(&rt, order_id)
-                .await?
-                .ok_or(ApiError::NotFound(order_id))?;
-            (view, true)
-        }
+        Accepted::New(doc) => (doc, false),
+        Accepted::Replay(doc) => (doc, true),
     };
-    let order_id = view.order_id;
+    // The order is committed: if publishing fails now (or did for the first request with
+    // this key), the sweep publishes it while the order is PENDING; the user's order is
+    // accepted either way.
+    if doc.status() == OrderStatus::Pending
+        && let Some(emitted) = doc.step(STEP).and_then(|r| r.emitted.as_ref())
+        && let Err(error) = outbox::publish(&rt.publisher, emitted).await
+    {
+        tracing::warn!(%error, %order_id, "order accepted, publish deferred to the sweep");
+    }
+    // Answered from what was committed or found: no read back.
+    let view = if replayed {
+        OrderView::with_history(order_id, &doc)
+    } else {
+        OrderView::of(order_id, &doc)
+    };
     tracing::info!(%order_id, replayed, "order accepted");
     let location = format!("/order/{order_id}");
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
@@ -355,16 +372,6 @@ async fn accept(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
-}
-
-fn requested_event_id(order_id: Uuid, order: &OrderDetails) -> String {
-    Event::id_for(
-        order_id,
-        &EventBody::OrderRequested {
-            order: order.clone(),
-        },
-    )
-    .to_string()
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -388,33 +395,13 @@ async fn get_order(
             message: "must be an order id (a UUID)".into(),
         }])
     })?;
-    find_order(&rt, id)
+    // One read: the order holds its history.
+    let order = rt
+        .store
+        .order(&id.to_string())
         .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound(id))
-}
-
-/// The order if the saga has created it, else the accepted request as PENDING; with its
-/// history.
-async fn find_order(rt: &Runtime, id: Uuid) -> Result<Option<OrderView>, StoreError> {
-    let key = id.to_string();
-    let view = match rt.store.get::<OrderDoc>(collections::ORDERS, &key).await? {
-        Some(order) => Some(OrderView::of(id, order)),
-        None => rt
-            .store
-            .get::<RequestDoc>(collections::REQUESTS, &key)
-            .await?
-            .map(|r| OrderView::pending(id, r)),
-    };
-    let Some(mut view) = view else {
-        return Ok(None);
-    };
-    view.history = timeline::history(&rt.store, &key)
-        .await?
-        .into_iter()
-        .map(HistoryEntry::from)
-        .collect();
-    Ok(Some(view))
+        .ok_or(ApiError::NotFound(id))?;
+    Ok(Json(OrderView::with_history(id, &order)))
 }
 
 const PAGE: &str = include_str!("../assets/index.html");
@@ -469,26 +456,9 @@ async fn stream_orders(
 }
 
 async fn recent_orders(rt: &Runtime) -> Result<Vec<OrderView>, StoreError> {
-    use saga_infra::store::Context;
-    let orders: Vec<OrderDoc> = rt
-        .store
-        .db()
-        .fluent()
-        .select()
-        .from(collections::ORDERS)
-        .order(|o| o.fields([o.field("updated_at").desc()]))
-        .limit(RECENT)
-        .obj()
-        .query()
-        .await
-        .context("reading recent orders")?;
-    rt.store.meter().query(orders.len());
+    let orders = rt.store.recent_orders(RECENT).await?;
     Ok(orders
-        .into_iter()
-        .filter_map(|o| {
-            Uuid::parse_str(&o.order_id)
-                .ok()
-                .map(|id| OrderView::of(id, o))
-        })
+        .iter()
+        .filter_map(|o| o.order_uuid().map(|id| OrderView::of(id, o)))
         .collect())
 }

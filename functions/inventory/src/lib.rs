@@ -7,63 +7,72 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use saga_infra::Runtime;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
-use saga_infra::step::{self, Outcome, Step};
-use saga_infra::store::{
-    Allocation, ItemDoc, OrderDoc, ReservationDoc, ReservationStatus, StockShard, StoreError, Tx,
-    collections, stock_shard_id,
-};
+use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
+use saga_infra::order::{Allocation, OrderDoc, Reservation, ReservationStatus};
+use saga_infra::step::{self, Outcome, Step, StepError};
+use saga_infra::store::{ItemDoc, StockShard, Tx, collections, stock_shard_id};
 
-#[derive(Debug, PartialEq, Eq)]
+/// What to do for an order, carrying what it acts on.
+#[derive(Debug, PartialEq)]
 pub enum Decision {
     Reserve {
-        remaining_stock: i64,
+        order: OrderDoc,
+        /// The item with its stock already taken.
+        item: ItemDoc,
         unit_price: i64,
         amount: i64,
     },
     /// A sharded (hot) item: take the stock shard by shard, see [`plan_shards`].
     ReserveFromShards {
+        order: OrderDoc,
         shards: u32,
         unit_price: i64,
         amount: i64,
     },
-    Reject(FailureReason),
-    Skip(String),
+    Reject(OrderDoc, FailureReason),
+    Skip(OrderDoc, String),
     /// The order is not visible yet: retry later.
     NotYet(String),
 }
 
 /// Decides a reservation of `quantity` for the order, given its current state and the item.
-pub fn decide(order: Option<&OrderDoc>, item: Option<&ItemDoc>, quantity: i64) -> Decision {
+pub fn decide(order: Option<OrderDoc>, item: Option<ItemDoc>, quantity: i64) -> Decision {
     let Some(order) = order else {
         return Decision::NotYet("no order document yet".into());
     };
-    if order.status != OrderStatus::OrderCreated {
-        return Decision::Skip(format!("order is {}, not ORDER_CREATED", order.status));
+    match order.status() {
+        OrderStatus::OrderCreated => {}
+        OrderStatus::Pending => {
+            return Decision::NotYet("order is PENDING, not created yet".into());
+        }
+        other => return Decision::Skip(order, format!("order is {other}, not ORDER_CREATED")),
     }
     let Some(item) = item else {
-        return Decision::Reject(FailureReason::UnknownItem);
+        return Decision::Reject(order, FailureReason::UnknownItem);
     };
+    let Some(amount) = item.price.checked_mul(quantity) else {
+        return Decision::Reject(order, FailureReason::InsufficientFunds);
+    };
+    let unit_price = item.price;
     if let Some(shards) = item.shards.filter(|k| *k > 0) {
-        return match item.price.checked_mul(quantity) {
-            Some(amount) => Decision::ReserveFromShards {
-                shards,
-                unit_price: item.price,
-                amount,
-            },
-            None => Decision::Reject(FailureReason::InsufficientFunds),
+        return Decision::ReserveFromShards {
+            order,
+            shards,
+            unit_price,
+            amount,
         };
     }
     if item.stock < quantity {
-        return Decision::Reject(FailureReason::InsufficientStock);
+        return Decision::Reject(order, FailureReason::InsufficientStock);
     }
-    match item.price.checked_mul(quantity) {
-        Some(amount) => Decision::Reserve {
-            remaining_stock: item.stock - quantity,
-            unit_price: item.price,
-            amount,
+    Decision::Reserve {
+        order,
+        item: ItemDoc {
+            stock: item.stock - quantity,
+            ..item
         },
-        None => Decision::Reject(FailureReason::InsufficientFunds),
+        unit_price,
+        amount,
     }
 }
 
@@ -99,53 +108,35 @@ pub fn plan_shards(visited: &[(u32, i64)], quantity: i64) -> Option<Vec<Allocati
     Some(plan)
 }
 
-/// Records the reservation (with the shards it took from, if any), moves the order to
+/// Records the reservation (with the shards it took from, if any) on the order, moves it to
 /// INVENTORY_RESERVED and emits `inventory-reserved`.
 fn reserved(
-    tx: &mut Tx<'_>,
-    order: OrderDoc,
-    details: &OrderDetails,
+    mut order: OrderDoc,
     allocations: Vec<Allocation>,
     unit_price: i64,
     amount: i64,
-) -> Result<Outcome, StoreError> {
-    let now = Timestamp::now();
-    let id = order.order_id.clone();
-    let quantity = i64::from(details.quantity);
+) -> Result<Outcome, StepError> {
     let from = if allocations.is_empty() {
         ""
     } else {
         " from shards"
     };
-    tx.set(
-        collections::RESERVATIONS,
-        &id,
-        &ReservationDoc {
-            order_id: id.clone(),
-            item: details.item.clone(),
-            quantity,
-            allocations,
-            status: ReservationStatus::Reserved,
-            updated_at: now,
-        },
-    )?;
-    tx.set(
-        collections::ORDERS,
-        &id,
-        &OrderDoc {
-            status: OrderStatus::InventoryReserved,
-            updated_at: now,
-            ..order
-        },
-    )?;
-    Ok(Outcome::emit(
-        format!("reserved {quantity} {}{from}", details.item),
-        EventBody::InventoryReserved {
-            order: details.clone(),
+    order.reservation = Some(Reservation {
+        quantity: order.quantity,
+        allocations,
+        status: ReservationStatus::Reserved,
+    });
+    order.advance(OrderStatus::InventoryReserved, Timestamp::now())?;
+    let details = order.details();
+    Ok(Outcome::Emit {
+        summary: format!("reserved {} {}{from}", order.quantity, order.item),
+        order,
+        event: EventBody::InventoryReserved {
+            order: details,
             unit_price,
             amount,
         },
-    ))
+    })
 }
 
 pub struct InventoryStep;
@@ -155,105 +146,82 @@ impl Step for InventoryStep {
     const ACCEPTS: &'static [&'static str] = &["order-created"];
 
     fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
-        vec![
-            (collections::ORDERS, event.order_id.to_string()),
-            (collections::INVENTORY, event.body.order().item.clone()),
-        ]
+        vec![(collections::INVENTORY, event.body.order().item.clone())]
     }
 
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        order: Option<OrderDoc>,
+    ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
             let details = event.body.order();
-            let id = event.order_id.to_string();
             let quantity = i64::from(details.quantity);
-            let order: Option<OrderDoc> = tx.get(collections::ORDERS, &id).await?;
             let item: Option<ItemDoc> = tx.get(collections::INVENTORY, &details.item).await?;
-            Ok(
-                match (decide(order.as_ref(), item.as_ref(), quantity), order, item) {
-                    (
-                        Decision::Reserve {
-                            remaining_stock,
-                            unit_price,
-                            amount,
-                        },
-                        Some(order),
-                        Some(item),
-                    ) => {
+            Ok(match decide(order, item, quantity) {
+                Decision::Reserve {
+                    order,
+                    item,
+                    unit_price,
+                    amount,
+                } => {
+                    tx.set(collections::INVENTORY, &details.item, &item)?;
+                    reserved(order, Vec::new(), unit_price, amount)?
+                }
+                Decision::ReserveFromShards {
+                    order,
+                    shards,
+                    unit_price,
+                    amount,
+                } => {
+                    let mut visited = Vec::new();
+                    let mut plan = None;
+                    for index in shard_order(event.order_id, shards) {
+                        let shard: Option<StockShard> = tx
+                            .get(
+                                collections::STOCK_SHARDS,
+                                &stock_shard_id(&details.item, index),
+                            )
+                            .await?;
+                        visited.push((index, shard.map_or(0, |s| s.stock)));
+                        plan = plan_shards(&visited, quantity);
+                        if plan.is_some() {
+                            break;
+                        }
+                    }
+                    let Some(allocations) = plan else {
+                        // Every shard was read in this transaction: the stock really is short.
+                        return step::fail_saga(
+                            order,
+                            FailureReason::InsufficientStock,
+                            Self::NAME,
+                        );
+                    };
+                    for a in &allocations {
+                        let stock = visited
+                            .iter()
+                            .find(|(i, _)| *i == a.shard)
+                            .map_or(0, |(_, s)| *s);
                         tx.set(
-                            collections::INVENTORY,
-                            &details.item,
-                            &ItemDoc {
-                                stock: remaining_stock,
-                                ..item
+                            collections::STOCK_SHARDS,
+                            &stock_shard_id(&details.item, a.shard),
+                            &StockShard {
+                                item: details.item.clone(),
+                                index: a.shard,
+                                stock: stock - a.quantity,
                             },
                         )?;
-                        reserved(tx, order, details, Vec::new(), unit_price, amount)?
                     }
-                    (
-                        Decision::ReserveFromShards {
-                            shards,
-                            unit_price,
-                            amount,
-                        },
-                        Some(order),
-                        Some(_),
-                    ) => {
-                        let mut visited = Vec::new();
-                        let mut plan = None;
-                        for index in shard_order(event.order_id, shards) {
-                            let shard: Option<StockShard> = tx
-                                .get(
-                                    collections::STOCK_SHARDS,
-                                    &stock_shard_id(&details.item, index),
-                                )
-                                .await?;
-                            visited.push((index, shard.map_or(0, |s| s.stock)));
-                            plan = plan_shards(&visited, quantity);
-                            if plan.is_some() {
-                                break;
-                            }
-                        }
-                        let Some(allocations) = plan else {
-                            // Every shard was read in this transaction: the stock really is short.
-                            return step::fail_saga(
-                                tx,
-                                order,
-                                details,
-                                FailureReason::InsufficientStock,
-                                Self::NAME,
-                            );
-                        };
-                        for a in &allocations {
-                            let stock = visited
-                                .iter()
-                                .find(|(i, _)| *i == a.shard)
-                                .map_or(0, |(_, s)| *s);
-                            tx.set(
-                                collections::STOCK_SHARDS,
-                                &stock_shard_id(&details.item, a.shard),
-                                &StockShard {
-                                    item: details.item.clone(),
-                                    index: a.shard,
-                                    stock: stock - a.quantity,
-                                },
-                            )?;
-                        }
-                        reserved(tx, order, details, allocations, unit_price, amount)?
-                    }
-                    (Decision::Reject(reason), Some(order), _) => {
-                        step::fail_saga(tx, order, details, reason, Self::NAME)?
-                    }
-                    (Decision::Skip(why), _, _) => Outcome::skip(why),
-                    (Decision::NotYet(why), _, _) => Outcome::not_yet(why),
-                    (decision, _, _) => {
-                        Outcome::skip(format!("inconsistent decision {decision:?}"))
-                    }
+                    reserved(order, allocations, unit_price, amount)?
+                }
+                Decision::Reject(order, reason) => step::fail_saga(order, reason, Self::NAME)?,
+                Decision::Skip(order, why) => Outcome::Done {
+                    order,
+                    summary: why,
                 },
-            )
+                Decision::NotYet(why) => Outcome::NotYet(why),
+            })
         }
         .boxed()
     }
@@ -266,20 +234,7 @@ pub fn router(runtime: Runtime) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn order(status: OrderStatus) -> OrderDoc {
-        OrderDoc {
-            order_id: "o".into(),
-            item: "widget".into(),
-            quantity: 5,
-            user: "jack".into(),
-            status,
-            reason: None,
-            amount: None,
-            created_at: Timestamp::UNIX_EPOCH,
-            updated_at: Timestamp::UNIX_EPOCH,
-        }
-    }
+    use saga_infra::testing::order_at;
 
     const WIDGETS: ItemDoc = ItemDoc {
         price: 10,
@@ -293,15 +248,16 @@ mod tests {
             shards: Some(4),
             ..WIDGETS
         };
-        let d = decide(Some(&order(OrderStatus::OrderCreated)), Some(&hot), 3);
-        assert_eq!(
+        let d = decide(Some(order_at(OrderStatus::OrderCreated, 3)), Some(hot), 3);
+        assert!(matches!(
             d,
             Decision::ReserveFromShards {
                 shards: 4,
                 unit_price: 10,
-                amount: 30
+                amount: 30,
+                ..
             }
-        );
+        ));
     }
 
     #[test]
@@ -334,50 +290,62 @@ mod tests {
 
     #[test]
     fn given_enough_stock_when_an_order_is_created_then_reserve_and_price_it() {
-        let d = decide(Some(&order(OrderStatus::OrderCreated)), Some(&WIDGETS), 5);
-        assert_eq!(
-            d,
-            Decision::Reserve {
-                remaining_stock: 15,
-                unit_price: 10,
-                amount: 50
-            }
+        let d = decide(
+            Some(order_at(OrderStatus::OrderCreated, 5)),
+            Some(WIDGETS),
+            5,
         );
+        let Decision::Reserve {
+            item,
+            unit_price,
+            amount,
+            ..
+        } = d
+        else {
+            panic!("{d:?}");
+        };
+        assert_eq!((item.stock, unit_price, amount), (15, 10, 50));
     }
 
     #[test]
     fn given_exactly_the_stock_when_ordered_then_reserve_all_of_it() {
-        let d = decide(Some(&order(OrderStatus::OrderCreated)), Some(&WIDGETS), 20);
-        assert!(matches!(
-            d,
-            Decision::Reserve {
-                remaining_stock: 0,
-                ..
-            }
-        ));
+        let d = decide(
+            Some(order_at(OrderStatus::OrderCreated, 20)),
+            Some(WIDGETS),
+            20,
+        );
+        assert!(matches!(d, Decision::Reserve { item, .. } if item.stock == 0));
     }
 
     #[test]
     fn given_too_little_stock_or_no_item_then_reject_with_a_reason() {
-        let created = order(OrderStatus::OrderCreated);
-        assert_eq!(
-            decide(Some(&created), Some(&WIDGETS), 21),
-            Decision::Reject(FailureReason::InsufficientStock)
-        );
-        assert_eq!(
-            decide(Some(&created), None, 1),
-            Decision::Reject(FailureReason::UnknownItem)
-        );
+        let created = || Some(order_at(OrderStatus::OrderCreated, 21));
+        assert!(matches!(
+            decide(created(), Some(WIDGETS), 21),
+            Decision::Reject(_, FailureReason::InsufficientStock)
+        ));
+        assert!(matches!(
+            decide(created(), None, 1),
+            Decision::Reject(_, FailureReason::UnknownItem)
+        ));
     }
 
     #[test]
     fn given_a_failed_or_compensated_order_when_a_late_event_arrives_then_take_nothing() {
         for status in [OrderStatus::Failed, OrderStatus::Compensated] {
-            let d = decide(Some(&order(status)), Some(&WIDGETS), 1);
-            assert!(matches!(d, Decision::Skip(_)), "{status}: {d:?}");
+            let d = decide(Some(order_at(status, 1)), Some(WIDGETS), 1);
+            assert!(matches!(d, Decision::Skip(..)), "{status}: {d:?}");
         }
+    }
+
+    #[test]
+    fn given_no_order_or_one_not_yet_created_then_retry_later() {
         assert!(matches!(
-            decide(None, Some(&WIDGETS), 1),
+            decide(None, Some(WIDGETS), 1),
+            Decision::NotYet(_)
+        ));
+        assert!(matches!(
+            decide(Some(order_at(OrderStatus::Pending, 1)), Some(WIDGETS), 1),
             Decision::NotYet(_)
         ));
     }

@@ -4,25 +4,32 @@
 use axum::Router;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use jiff::Timestamp;
 use saga_infra::Runtime;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails, OrderStatus};
-use saga_infra::step::{self, Outcome, Step};
-use saga_infra::store::{OrderDoc, StoreError, Tx, UserDoc, collections};
+use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
+use saga_infra::order::OrderDoc;
+use saga_infra::step::{self, Outcome, Step, StepError};
+use saga_infra::store::{Tx, UserDoc, collections};
 
-/// What to do with an order request.
-#[derive(Debug, PartialEq, Eq)]
+/// What to do with an order request, carrying the order it acts on.
+#[derive(Debug, PartialEq)]
 pub enum Decision {
-    Create,
-    Reject(FailureReason),
-    /// The order document exists already (the janitor compensated it first): leave it be.
-    Skip(String),
+    Create(OrderDoc),
+    Reject(OrderDoc, FailureReason),
+    /// The order has moved on without this step (the janitor compensated it first): leave
+    /// it be.
+    Skip(OrderDoc, String),
 }
 
-pub fn decide(existing: Option<&OrderDoc>, user: Option<&UserDoc>) -> Decision {
-    match (existing, user) {
-        (Some(order), _) => Decision::Skip(format!("order already exists as {}", order.status)),
-        (None, None) => Decision::Reject(FailureReason::UnknownUser),
-        (None, Some(_)) => Decision::Create,
+/// Decides from the order as accepted (PENDING; `None` if there is none, when the event came
+/// without the frontend's commit, as a test's or a replay's may) and whether the user exists.
+pub fn decide(event: &Event, order: Option<OrderDoc>, user: Option<&UserDoc>) -> Decision {
+    let order = order
+        .unwrap_or_else(|| OrderDoc::new(event.order_id, event.body.order(), Timestamp::now()));
+    match (order.status(), user) {
+        (OrderStatus::Pending, None) => Decision::Reject(order, FailureReason::UnknownUser),
+        (OrderStatus::Pending, Some(_)) => Decision::Create(order),
+        (status, _) => Decision::Skip(order, format!("order is already {status}")),
     }
 }
 
@@ -33,64 +40,36 @@ impl Step for OrderStep {
     const ACCEPTS: &'static [&'static str] = &["order-requested"];
 
     fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
-        vec![
-            (collections::ORDERS, event.order_id.to_string()),
-            (collections::USERS, event.body.order().user.clone()),
-        ]
+        vec![(collections::USERS, event.body.order().user.clone())]
     }
 
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        order: Option<OrderDoc>,
+    ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
-            let order = event.body.order();
-            let id = event.order_id.to_string();
-            let existing: Option<OrderDoc> = tx.get(collections::ORDERS, &id).await?;
-            let user: Option<UserDoc> = tx.get(collections::USERS, &order.user).await?;
-            Ok(match decide(existing.as_ref(), user.as_ref()) {
-                Decision::Create => {
-                    tx.set(
-                        collections::ORDERS,
-                        &id,
-                        &new_order(&id, order, OrderStatus::OrderCreated, None),
-                    )?;
-                    Outcome::emit(
-                        "order created",
-                        EventBody::OrderCreated {
-                            order: order.clone(),
-                        },
-                    )
+            let user: Option<UserDoc> =
+                tx.get(collections::USERS, &event.body.order().user).await?;
+            Ok(match decide(event, order, user.as_ref()) {
+                Decision::Create(mut order) => {
+                    order.advance(OrderStatus::OrderCreated, Timestamp::now())?;
+                    let details = order.details();
+                    Outcome::Emit {
+                        order,
+                        summary: "order created".into(),
+                        event: EventBody::OrderCreated { order: details },
+                    }
                 }
-                Decision::Reject(reason) => {
-                    let pending = new_order(&id, order, OrderStatus::Pending, None);
-                    step::fail_saga(tx, pending, order, reason, Self::NAME)?
-                }
-                Decision::Skip(why) => Outcome::skip(why),
+                Decision::Reject(order, reason) => step::fail_saga(order, reason, Self::NAME)?,
+                Decision::Skip(order, why) => Outcome::Done {
+                    order,
+                    summary: why,
+                },
             })
         }
         .boxed()
-    }
-}
-
-fn new_order(
-    id: &str,
-    order: &OrderDetails,
-    status: OrderStatus,
-    reason: Option<FailureReason>,
-) -> OrderDoc {
-    let now = jiff::Timestamp::now();
-    OrderDoc {
-        order_id: id.to_owned(),
-        item: order.item.clone(),
-        quantity: i64::from(order.quantity),
-        user: order.user.clone(),
-        status,
-        reason,
-        amount: None,
-        created_at: now,
-        updated_at: now,
     }
 }
 
@@ -101,39 +80,57 @@ pub fn router(runtime: Runtime) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use saga_infra::events::OrderDetails;
 
-    fn order(status: OrderStatus) -> OrderDoc {
-        let details = OrderDetails {
-            item: "widget".into(),
-            quantity: 1,
-            user: "jack".into(),
-            payment_error: false,
-        };
-        new_order("id", &details, status, None)
+    fn requested() -> Event {
+        Event::new(
+            uuid::Uuid::new_v4(),
+            EventBody::OrderRequested {
+                order: OrderDetails {
+                    item: "widget".into(),
+                    quantity: 1,
+                    user: "jack".into(),
+                    payment_error: false,
+                },
+            },
+        )
+    }
+
+    fn accepted(event: &Event) -> OrderDoc {
+        OrderDoc::new(event.order_id, event.body.order(), Timestamp::now())
     }
 
     #[test]
-    fn given_a_known_user_and_no_order_when_requested_then_create() {
-        assert_eq!(
-            decide(None, Some(&UserDoc { balance: 1 })),
-            Decision::Create
-        );
+    fn given_a_known_user_and_an_accepted_order_when_requested_then_create() {
+        let e = requested();
+        let d = decide(&e, Some(accepted(&e)), Some(&UserDoc { balance: 1 }));
+        assert!(matches!(d, Decision::Create(o) if o.order_id == e.order_id.to_string()));
+    }
+
+    #[test]
+    fn given_no_order_document_when_requested_then_create_it_from_the_event() {
+        let e = requested();
+        let d = decide(&e, None, Some(&UserDoc { balance: 1 }));
+        assert!(matches!(d, Decision::Create(o) if o.status() == OrderStatus::Pending));
     }
 
     #[test]
     fn given_an_unknown_user_when_requested_then_reject_before_anything_is_reserved() {
-        assert_eq!(
-            decide(None, None),
-            Decision::Reject(FailureReason::UnknownUser)
-        );
+        let e = requested();
+        assert!(matches!(
+            decide(&e, Some(accepted(&e)), None),
+            Decision::Reject(_, FailureReason::UnknownUser)
+        ));
     }
 
     #[test]
     fn given_a_compensated_tombstone_when_requested_late_then_skip() {
-        let d = decide(
-            Some(&order(OrderStatus::Compensated)),
-            Some(&UserDoc { balance: 1 }),
-        );
-        assert!(matches!(d, Decision::Skip(why) if why.contains("COMPENSATED")));
+        let e = requested();
+        let mut tombstone = accepted(&e);
+        tombstone
+            .compensate(FailureReason::Timeout, Timestamp::now())
+            .unwrap();
+        let d = decide(&e, Some(tombstone), Some(&UserDoc { balance: 1 }));
+        assert!(matches!(d, Decision::Skip(_, why) if why.contains("COMPENSATED")));
     }
 }

@@ -8,18 +8,20 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use saga_infra::Runtime;
 use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
-use saga_infra::step::{self, Outcome, Step};
-use saga_infra::store::{
-    OrderDoc, PaymentDoc, PaymentStatus, StoreError, Tx, UserDoc, collections,
-};
+use saga_infra::order::{OrderDoc, Payment, PaymentStatus};
+use saga_infra::step::{self, Outcome, Step, StepError};
+use saga_infra::store::{Tx, UserDoc, collections};
 
-#[derive(Debug, PartialEq, Eq)]
+/// What to do for an order, carrying what it acts on.
+#[derive(Debug, PartialEq)]
 pub enum Decision {
     Charge {
-        remaining_balance: i64,
+        order: OrderDoc,
+        /// The user with the amount already taken.
+        user: UserDoc,
     },
-    Reject(FailureReason),
-    Skip(String),
+    Reject(OrderDoc, FailureReason),
+    Skip(OrderDoc, String),
     /// The reservation this charges for is not visible yet: retry later.
     NotYet(String),
 }
@@ -27,29 +29,36 @@ pub enum Decision {
 /// Decides whether to charge `amount` for the order. `fault` is the `payment-error` switch,
 /// already gated on fault injection being on.
 pub fn decide(
-    order: Option<&OrderDoc>,
-    user: Option<&UserDoc>,
+    order: Option<OrderDoc>,
+    user: Option<UserDoc>,
     amount: i64,
     fault: bool,
 ) -> Decision {
     let Some(order) = order else {
         return Decision::NotYet("no order document yet".into());
     };
-    match order.status {
+    match order.status() {
         OrderStatus::InventoryReserved => {}
         OrderStatus::Pending | OrderStatus::OrderCreated => {
-            return Decision::NotYet(format!("order is {}, not reserved yet", order.status));
+            return Decision::NotYet(format!("order is {}, not reserved yet", order.status()));
         }
-        other => return Decision::Skip(format!("order is {other}, not INVENTORY_RESERVED")),
+        other => {
+            return Decision::Skip(order, format!("order is {other}, not INVENTORY_RESERVED"));
+        }
     }
     if fault {
-        return Decision::Reject(FailureReason::PaymentError);
+        return Decision::Reject(order, FailureReason::PaymentError);
     }
     match user {
-        None => Decision::Reject(FailureReason::UnknownUser),
-        Some(user) if user.balance < amount => Decision::Reject(FailureReason::InsufficientFunds),
+        None => Decision::Reject(order, FailureReason::UnknownUser),
+        Some(user) if user.balance < amount => {
+            Decision::Reject(order, FailureReason::InsufficientFunds)
+        }
         Some(user) => Decision::Charge {
-            remaining_balance: user.balance - amount,
+            order,
+            user: UserDoc {
+                balance: user.balance - amount,
+            },
         },
     }
 }
@@ -63,17 +72,15 @@ impl Step for PaymentsStep {
     const ACCEPTS: &'static [&'static str] = &["inventory-reserved"];
 
     fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
-        vec![
-            (collections::ORDERS, event.order_id.to_string()),
-            (collections::USERS, event.body.order().user.clone()),
-        ]
+        vec![(collections::USERS, event.body.order().user.clone())]
     }
 
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        order: Option<OrderDoc>,
+    ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
             let EventBody::InventoryReserved {
                 order: details,
@@ -81,60 +88,35 @@ impl Step for PaymentsStep {
                 ..
             } = &event.body
             else {
-                return Ok(Outcome::skip("not an inventory-reserved event"));
+                return Ok(Outcome::NotYet("not an inventory-reserved event".into()));
             };
-            let id = event.order_id.to_string();
-            let order: Option<OrderDoc> = tx.get(collections::ORDERS, &id).await?;
             let user: Option<UserDoc> = tx.get(collections::USERS, &details.user).await?;
             let fault = self.fault_injection && details.payment_error;
-            let now = Timestamp::now();
-            Ok(
-                match (decide(order.as_ref(), user.as_ref(), *amount, fault), order) {
-                    (Decision::Charge { remaining_balance }, Some(order)) => {
-                        tx.set(
-                            collections::USERS,
-                            &details.user,
-                            &UserDoc {
-                                balance: remaining_balance,
-                            },
-                        )?;
-                        tx.set(
-                            collections::PAYMENTS,
-                            &id,
-                            &PaymentDoc {
-                                order_id: id.clone(),
-                                user: details.user.clone(),
-                                amount: *amount,
-                                status: PaymentStatus::Captured,
-                                updated_at: now,
-                            },
-                        )?;
-                        tx.set(
-                            collections::ORDERS,
-                            &id,
-                            &OrderDoc {
-                                status: OrderStatus::Completed,
-                                amount: Some(*amount),
-                                updated_at: now,
-                                ..order
-                            },
-                        )?;
-                        Outcome::emit(
-                            format!("charged {amount} to {}", details.user),
-                            EventBody::PaymentCreated {
-                                order: details.clone(),
-                                amount: *amount,
-                            },
-                        )
+            Ok(match decide(order, user, *amount, fault) {
+                Decision::Charge { mut order, user } => {
+                    tx.set(collections::USERS, &details.user, &user)?;
+                    order.payment = Some(Payment {
+                        amount: *amount,
+                        status: PaymentStatus::Captured,
+                    });
+                    order.amount = Some(*amount);
+                    order.advance(OrderStatus::Completed, Timestamp::now())?;
+                    Outcome::Emit {
+                        order,
+                        summary: format!("charged {amount} to {}", details.user),
+                        event: EventBody::PaymentCreated {
+                            order: details.clone(),
+                            amount: *amount,
+                        },
                     }
-                    (Decision::Reject(reason), Some(order)) => {
-                        step::fail_saga(tx, order, details, reason, Self::NAME)?
-                    }
-                    (Decision::Skip(why), _) => Outcome::skip(why),
-                    (Decision::NotYet(why), _) => Outcome::not_yet(why),
-                    (decision, None) => Outcome::skip(format!("no order for {decision:?}")),
+                }
+                Decision::Reject(order, reason) => step::fail_saga(order, reason, Self::NAME)?,
+                Decision::Skip(order, why) => Outcome::Done {
+                    order,
+                    summary: why,
                 },
-            )
+                Decision::NotYet(why) => Outcome::NotYet(why),
+            })
         }
         .boxed()
     }
@@ -148,70 +130,47 @@ pub fn router(runtime: Runtime) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn order(status: OrderStatus) -> OrderDoc {
-        OrderDoc {
-            order_id: "o".into(),
-            item: "widget".into(),
-            quantity: 5,
-            user: "jack".into(),
-            status,
-            reason: None,
-            amount: None,
-            created_at: Timestamp::UNIX_EPOCH,
-            updated_at: Timestamp::UNIX_EPOCH,
-        }
-    }
+    use saga_infra::testing::order_at;
 
     const JACK: UserDoc = UserDoc { balance: 100 };
 
+    fn reserved() -> Option<OrderDoc> {
+        Some(order_at(OrderStatus::InventoryReserved, 5))
+    }
+
     #[test]
     fn given_a_reserved_order_and_enough_balance_then_charge() {
-        let d = decide(
-            Some(&order(OrderStatus::InventoryReserved)),
-            Some(&JACK),
-            60,
-            false,
-        );
-        assert_eq!(
-            d,
-            Decision::Charge {
-                remaining_balance: 40
-            }
-        );
+        let d = decide(reserved(), Some(JACK), 60, false);
+        assert!(matches!(d, Decision::Charge { user, .. } if user.balance == 40));
     }
 
     #[test]
     fn given_too_small_a_balance_then_reject_insufficient_funds() {
-        let d = decide(
-            Some(&order(OrderStatus::InventoryReserved)),
-            Some(&JACK),
-            101,
-            false,
-        );
-        assert_eq!(d, Decision::Reject(FailureReason::InsufficientFunds));
+        let d = decide(reserved(), Some(JACK), 101, false);
+        assert!(matches!(
+            d,
+            Decision::Reject(_, FailureReason::InsufficientFunds)
+        ));
     }
 
     #[test]
     fn given_the_fault_switch_then_reject_with_payment_error() {
-        let d = decide(
-            Some(&order(OrderStatus::InventoryReserved)),
-            Some(&JACK),
-            1,
-            true,
-        );
-        assert_eq!(d, Decision::Reject(FailureReason::PaymentError));
+        let d = decide(reserved(), Some(JACK), 1, true);
+        assert!(matches!(
+            d,
+            Decision::Reject(_, FailureReason::PaymentError)
+        ));
     }
 
     #[test]
     fn given_a_reservation_event_before_the_reservation_is_visible_then_retry_later() {
         assert!(matches!(
-            decide(None, Some(&JACK), 1, false),
+            decide(None, Some(JACK), 1, false),
             Decision::NotYet(_)
         ));
         let d = decide(
-            Some(&order(OrderStatus::OrderCreated)),
-            Some(&JACK),
+            Some(order_at(OrderStatus::OrderCreated, 5)),
+            Some(JACK),
             1,
             false,
         );
@@ -225,8 +184,8 @@ mod tests {
             OrderStatus::Compensated,
             OrderStatus::Completed,
         ] {
-            let d = decide(Some(&order(status)), Some(&JACK), 1, false);
-            assert!(matches!(d, Decision::Skip(_)), "{status}: {d:?}");
+            let d = decide(Some(order_at(status, 5)), Some(JACK), 1, false);
+            assert!(matches!(d, Decision::Skip(..)), "{status}: {d:?}");
         }
     }
 }

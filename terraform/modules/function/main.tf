@@ -159,10 +159,11 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   member       = var.pubsub_service_agent
 }
 
-# The sweep: republishes stale outbox records (or, for the janitor, fails stuck sagas). The
-# scheduler calls as the push identity, so the function's push authentication admits it.
+# The sweep, for a function that has one: the frontend republishes the events of orders
+# still PENDING, the janitor fails stuck sagas. The scheduler calls as the push identity, so
+# the function's push authentication admits it.
 resource "google_cloud_scheduler_job" "sweep" {
-  count     = var.sweep_schedule == null ? 0 : 1
+  count     = var.sweep_schedule == null || var.sweep_path == null ? 0 : 1
   name      = "${local.service}-sweep"
   region    = var.region
   schedule  = var.sweep_schedule

@@ -64,8 +64,9 @@ variable "pubsub_service_agent" {
 }
 
 variable "sweep_path" {
-  description = "The function's sweep endpoint."
+  description = "The function's sweep endpoint; null for none."
   type        = string
+  default     = null
 }
 
 variable "sweep_schedule" {
