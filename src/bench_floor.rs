@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use saga_infra::topology::topic_path;
 
-use crate::bench::{BenchArgs, BenchError, Floor, Latency};
+use crate::bench::{BenchArgs, BenchError, Floor, Latency, procfs};
 use crate::up::Stack;
 
 /// Stages of a trivial order; the push hops between them are one fewer.
@@ -190,6 +190,18 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
 
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let counted = floor.store.meter().counts();
+    let emulators: Vec<(String, Vec<u32>)> = stack
+        .emulators
+        .iter()
+        .map(|e| (e.kind.name().to_owned(), procfs::tree(e.pid())))
+        .collect();
+    let emulator_ticks = || -> Vec<u64> {
+        emulators
+            .iter()
+            .map(|(_, tree)| tree.iter().map(|p| procfs::cpu_ticks(*p)).sum())
+            .collect()
+    };
+    let ticks_before = emulator_ticks();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.count {
@@ -221,6 +233,11 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         }
     }
     let elapsed = started.elapsed();
+    let emulator_ticks: Vec<u64> = emulator_ticks()
+        .iter()
+        .zip(&ticks_before)
+        .map(|(after, before)| after.saturating_sub(*before))
+        .collect();
     server.abort();
     if orders.len() < args.count {
         return Err(other(format!(
@@ -242,5 +259,14 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         firestore_txn: samples.1,
         // The floor's stages run in the bench's own process, whose CPU is not theirs alone.
         cost: crate::bench::cost(&ops, orders.len() as f64, 0.0),
+        emulator_cpu_ms: emulators
+            .iter()
+            .zip(emulator_ticks)
+            .map(|((name, _), ticks)| {
+                let ms =
+                    ticks as f64 / procfs::TICKS_PER_SECOND * 1000.0 / orders.len().max(1) as f64;
+                (name.clone(), crate::bench::round(ms))
+            })
+            .collect(),
     })
 }

@@ -1,4 +1,4 @@
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     saga_infra::runtime::main(saga_infra::topology::Function::Order, saga_order::router).await
 }
