@@ -1068,10 +1068,16 @@ pub fn report(dir: &Path) -> Result<String, BenchError> {
         .collect();
     results.sort_by_key(|r| (name(r).starts_with("spread"), r.concurrency, r.shards));
     let mut md = String::new();
-    md.push_str("| run | orders/s | e2e p50 | e2e p99 | POST p50 | completed / compensated | invariants | floor orders/s |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| run | orders/s | e2e p50 | e2e p99 | POST p50 | completed / compensated | invariants | floor orders/s | writes / reads an order | $ a million orders |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in &results {
+        let (ops, usd) = r.cost.as_ref().map_or(("-".into(), "-".into()), |c| {
+            (
+                format!("{} / {}", c.per_order.writes, c.per_order.billed_reads),
+                c.per_million_usd.total.to_string(),
+            )
+        });
         md.push_str(&format!(
-            "| `{}` | {} | {} ms | {} ms | {} ms | {} / {} | {} | {} |\n",
+            "| `{}` | {} | {} ms | {} ms | {} ms | {} / {} | {} | {} | {ops} | {usd} |\n",
             name(r),
             r.orders_per_s,
             r.end_to_end.p50,
