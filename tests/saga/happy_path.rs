@@ -118,3 +118,50 @@ async fn seeding_is_idempotent_and_can_reset_to_the_seed_state() {
         "one user cannot afford a widget"
     );
 }
+
+/// What an order costs on Google Cloud is its Firestore operations: a completed order writes
+/// the order once per step and the stock and the balance once each (6), and reads the order
+/// with the user or the item at each push step (6), counted by the functions themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_order_writes_six_documents_and_reads_six() {
+    let app = spawn_app().await;
+    let meters = || async {
+        let mut sum = saga_infra::meter::Counts::default();
+        for function in Function::ALL {
+            let m: saga_infra::meter::Metered = app
+                .http
+                .get(app.url(function, saga_infra::step::METER_PATH))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            sum = sum.plus(&m.orders);
+        }
+        sum
+    };
+    let before = meters().await;
+    let id = app
+        .place(json!({"item": "widget", "quantity": 1, "user": "jack"}))
+        .await;
+    // Waited for through the store, not the API: a GET is a read of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.order_doc(id).await.map(|o| o.status()) != Some(OrderStatus::Completed) {
+        assert!(std::time::Instant::now() < deadline, "{id} never completed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The last step publishes just after its commit.
+    let mut cost = meters().await.since(&before);
+    while cost.publishes < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        cost = meters().await.since(&before);
+    }
+    assert_eq!(
+        (cost.writes, cost.billed_reads(), cost.deletes),
+        (6, 6, 0),
+        "{cost:?}"
+    );
+    assert_eq!((cost.commits, cost.publishes), (4, 4), "{cost:?}");
+    app.assert_invariants().await;
+}
