@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use saga_emulator::{Emulator, Kind, SeedMode};
-use saga_infra::config::{Config, Endpoint};
+use saga_emulator::{AuthEmulator, Emulator, Kind, SeedMode};
+use saga_infra::config::{Config, Endpoint, FirebaseAuth, UserAuth};
 use saga_infra::store::Store;
 use saga_infra::topology::{Function, PushSubscription};
 use tokio::process::{Child, Command};
@@ -53,7 +53,22 @@ pub struct UpArgs {
     /// sweep's query costs time in proportion to all the data of the project.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SWEEP_INTERVAL_SECS)]
     pub sweep_interval: u64,
+    /// Users sign in: starts the Firebase Authentication emulator (npm firebase-tools, on
+    /// --auth-port) with the demo users jack, jill and penny (password `password`), and the
+    /// frontend takes orders only from signed-in users, for themselves.
+    #[arg(long)]
+    pub auth: bool,
+    /// Port of the Firebase Authentication emulator (with --auth).
+    #[arg(long, default_value_t = 9099)]
+    pub auth_port: u16,
+    /// Orders a second each client may place (the frontend's rate limit, `SAGA_POST_RATE`);
+    /// the function's default (5, and 20 at once) if not given.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub post_rate: Option<f64>,
 }
+
+/// The password of `saga up --auth`'s demo users.
+pub const DEMO_PASSWORD: &str = "password";
 
 /// The cloud's sweep schedule (terraform's `sweep_schedule`, every minute).
 pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 60;
@@ -159,6 +174,8 @@ pub struct Stack {
     pub launcher: Launcher,
     /// The files the functions log to (none when they log to the terminal).
     pub logs: Vec<PathBuf>,
+    /// The Firebase Authentication emulator, with `--auth`.
+    pub auth: Option<AuthEmulator>,
     children: BTreeMap<Function, Child>,
 }
 
@@ -199,10 +216,28 @@ impl Stack {
         };
         let seeded = saga_emulator::seed(&store, mode).await?;
 
-        let config = Config {
+        let auth = match args.auth {
+            true => Some(auth_emulator(args).await?),
+            false => None,
+        };
+        let mut config = Config {
             fault_injection: !args.no_fault_injection,
             ..Config::emulators(&args.project, &pubsub_host, &firestore_host)
         };
+        if let Some(auth) = &auth {
+            config.user_auth = UserAuth::Firebase(FirebaseAuth {
+                project_id: auth.project.clone(),
+                jwks_url: saga_infra::config::FIREBASE_JWKS_URL.into(),
+                emulator: Some(auth.host.clone()),
+                web_api_key: None,
+            });
+        }
+        if let Some(rate) = args.post_rate.filter(|r| *r > 0.0) {
+            config.limits.post_every = Duration::from_secs_f64(1.0 / rate);
+            config.limits.post_burst = rate
+                .max(f64::from(config.limits.post_burst))
+                .min(f64::from(u32::MAX)) as u32;
+        }
         let mut children = BTreeMap::new();
         let mut launched = BTreeMap::new();
         let mut logs = Vec::new();
@@ -236,6 +271,7 @@ impl Stack {
             emulators,
             launcher,
             logs,
+            auth,
             children,
         })
     }
@@ -265,6 +301,29 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
     stack.stop().await;
     eprintln!("Stopped the functions and the emulators it started.");
     result
+}
+
+/// The Firebase Authentication emulator on `--auth-port`, with the demo users (their ids are
+/// the seeded users', so their balances are there).
+async fn auth_emulator(args: &UpArgs) -> Result<AuthEmulator, UpError> {
+    eprintln!("Starting the Firebase Authentication emulator (the first time, npm installs it)...");
+    let host = format!("127.0.0.1:{}", args.auth_port);
+    let project = saga_emulator::auth::project_for(&args.project);
+    let dir = args.log_dir.join("auth-emulator");
+    let auth = AuthEmulator::start(
+        &host,
+        &project,
+        &dir,
+        &args.log_dir.join("auth-emulator.log"),
+    )
+    .await
+    .map_err(|e| UpError::Io(e.to_string()))?;
+    for (user, _) in saga_emulator::seed::USERS {
+        auth.user(user, &format!("{user}@example.com"), DEMO_PASSWORD)
+            .await
+            .map_err(|e| UpError::Io(e.to_string()))?;
+    }
+    Ok(auth)
 }
 
 async fn emulator(kind: Kind, host: &str, args: &UpArgs) -> Result<Option<Emulator>, UpError> {
@@ -362,11 +421,36 @@ fn spawn_function(
         .env("SAGA_FAULT_INJECTION", config.fault_injection.to_string())
         .env(PARENT_ENV, std::process::id().to_string())
         .env("SAGA_SWEEP_INTERVAL_SECS", sweep_interval.to_string())
+        .envs(user_auth_env(&config.user_auth))
+        .env(
+            "SAGA_POST_RATE",
+            (1.0 / config.limits.post_every.as_secs_f64().max(1e-9)).to_string(),
+        )
+        .env("SAGA_POST_BURST", config.limits.post_burst.to_string())
         .stdin(Stdio::null())
         .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| UpError::Io(format!("starting {function}: {e}")))
+}
+
+/// The environment that tells a function how its users sign in.
+fn user_auth_env(auth: &UserAuth) -> Vec<(&'static str, String)> {
+    match auth {
+        UserAuth::Off => vec![("SAGA_USER_AUTH", "off".into())],
+        UserAuth::Firebase(f) => {
+            let mut env = vec![
+                ("SAGA_USER_AUTH", "firebase".into()),
+                ("SAGA_USER_AUTH_PROJECT", f.project_id.clone()),
+            ];
+            env.extend(
+                f.emulator
+                    .clone()
+                    .map(|h| ("FIREBASE_AUTH_EMULATOR_HOST", h)),
+            );
+            env
+        }
+    }
 }
 
 /// Waits for every function's health check; returns how long each took from its launch.
@@ -474,6 +558,20 @@ fn print_banner(args: &UpArgs, config: &Config, seeded: usize) {
         seeded,
         if args.reset_data { "none" } else { "all" },
     ));
+    if let UserAuth::Firebase(f) = &config.user_auth {
+        let host = f.emulator.clone().unwrap_or_default();
+        let lines = [
+            format!("  sign-in             Firebase Authentication emulator {host}: orders need a user's ID token"),
+            format!("                      users jack, jill, penny: <name>@example.com, password {DEMO_PASSWORD:?}"),
+            "  A token for jack:".to_owned(),
+            format!("    TOKEN=$(curl -s -X POST 'http://{host}/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword?key=emulator' \\"),
+            format!("      -H 'Content-Type: application/json' -d '{{\"email\":\"jack@example.com\",\"password\":\"{DEMO_PASSWORD}\",\"returnSecureToken\":true}}' \\"),
+            "      | sed 's/.*\"idToken\": *\"\\([^\"]*\\)\".*/\\1/')".to_owned(),
+            "  then add -H \"Authorization: Bearer $TOKEN\" to the curl below, and leave out \"user\".".to_owned(),
+        ];
+        out.push_str(&lines.join("\n"));
+        out.push_str("\n\n");
+    }
     for function in Function::ALL {
         out.push_str(&format!(
             "  {:<10} http://127.0.0.1:{}\n",

@@ -103,7 +103,7 @@ pub struct Emulator {
 /// `sh -c WATCHDOG _ OWNER_PID gcloud ARGS...`: runs gcloud, and stops it when asked (TERM)
 /// or when the owner is gone. gcloud makes itself a process-group leader with the JVM in its
 /// group, so the group of `$child` is what has to go.
-const WATCHDOG: &str = r#"owner=$1; shift
+pub(crate) const WATCHDOG: &str = r#"owner=$1; shift
 "$@" &
 child=$!
 stop() {

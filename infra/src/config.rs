@@ -16,6 +16,16 @@
 //! | `SAGA_TIMEOUT_SECS` | a saga not terminal after this long is failed (`timeout`) | 300 |
 //! | `SAGA_OUTBOX_GRACE_SECS` | the frontend's sweep publishes again the event of an order PENDING longer than this | 30 |
 //! | `SAGA_SWEEP_INTERVAL_SECS` | run the sweep on a timer in-process (`saga up`) | off |
+//! | `SAGA_USER_AUTH` | `firebase`: `POST /order`, `GET /order/{id}` and the live stream need a Firebase Authentication / Identity Platform ID token of the project | `off` |
+//! | `SAGA_USER_AUTH_PROJECT` | the project whose users sign in (the ID tokens' audience) | `GOOGLE_CLOUD_PROJECT` |
+//! | `FIREBASE_AUTH_EMULATOR_HOST` | the Firebase Authentication emulator's `host:port`: its unsigned tokens are accepted (never set it in the cloud) | none |
+//! | `SAGA_USER_AUTH_JWKS_URL` | where the ID tokens' signing keys are | Google's (securetoken) |
+//! | `SAGA_WEB_API_KEY` | the browser API key the page signs users in with | none |
+//! | `SAGA_POST_RATE`, `SAGA_POST_BURST` | orders a second each client may place, and at once | 5, 20 |
+//! | `SAGA_STREAMS_MAX` | live streams an instance holds open at most | 100 |
+//! | `SAGA_STREAM_MAX_SECS` | how long one live stream stays open (the page reconnects) | 900 |
+//! | `SAGA_REQUEST_TIMEOUT_SECS` | longest a request may take before it is answered 503 | 30 |
+//! | `SAGA_TRUST_FORWARDED` | `true`: the client's address is the last `X-Forwarded-For` entry (Cloud Run's front end appends it) | `false` |
 //!
 //! Push authentication is required when not on the emulators: a function in the cloud with
 //! neither the audience and account nor an explicit `SAGA_PUSH_AUTH=disabled` refuses to start.
@@ -24,6 +34,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::push_auth::{GOOGLE_JWKS_URL, OidcSettings};
+
+/// Where Firebase Authentication / Identity Platform publishes the keys its ID tokens are
+/// signed with (the JWK form of its x509 certificates).
+pub const FIREBASE_JWKS_URL: &str =
+    "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
 use crate::topology::Function;
 
 pub const DEFAULT_LOCAL_PROJECT: &str = "saga-local";
@@ -51,6 +66,53 @@ pub enum PushAuth {
     Oidc(OidcSettings),
 }
 
+/// Whether the frontend's users must sign in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserAuth {
+    /// Anyone may order for any user and see any order (the emulators, by default).
+    Off,
+    Firebase(FirebaseAuth),
+}
+
+/// Firebase Authentication / Identity Platform ID tokens of one project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirebaseAuth {
+    /// The token's audience, and its issuer's suffix.
+    pub project_id: String,
+    pub jwks_url: String,
+    /// The Firebase Authentication emulator's tokens are unsigned: accepted only when this
+    /// is set (as Firebase's Admin SDKs accept them only with `FIREBASE_AUTH_EMULATOR_HOST`).
+    pub emulator: Option<String>,
+    /// The browser API key the page signs users in with (Identity Platform's REST API).
+    pub web_api_key: Option<String>,
+}
+
+/// The frontend's limits (see `functions/frontend/src/limits.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A client may place one order every `post_every` (its sustained rate)...
+    pub post_every: Duration,
+    /// ...and this many at once.
+    pub post_burst: u32,
+    pub streams_max: usize,
+    pub stream_max: Duration,
+    pub request_timeout: Duration,
+    pub trust_forwarded: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            post_every: Duration::from_millis(200),
+            post_burst: 20,
+            streams_max: 100,
+            stream_max: Duration::from_secs(900),
+            request_timeout: Duration::from_secs(30),
+            trust_forwarded: false,
+        }
+    }
+}
+
 /// Faults injected on purpose, by tests only: never read from the environment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -74,6 +136,8 @@ pub struct Config {
     pub outbox_grace: Duration,
     /// Run the sweep in-process on this interval (locally; in the cloud a scheduler calls it).
     pub sweep_interval: Option<Duration>,
+    pub user_auth: UserAuth,
+    pub limits: Limits,
     pub faults: Faults,
 }
 
@@ -113,6 +177,8 @@ impl Config {
             saga_timeout: DEFAULT_SAGA_TIMEOUT,
             outbox_grace: DEFAULT_OUTBOX_GRACE,
             sweep_interval: None,
+            user_auth: UserAuth::Off,
+            limits: Limits::default(),
             faults: Faults::default(),
         }
     }
@@ -211,6 +277,48 @@ impl Config {
                 },
             }
         };
+        let user_auth = match set("SAGA_USER_AUTH").as_deref() {
+            None | Some("off") => UserAuth::Off,
+            Some("firebase") => UserAuth::Firebase(FirebaseAuth {
+                project_id: set("SAGA_USER_AUTH_PROJECT").unwrap_or_else(|| project_id.clone()),
+                jwks_url: set("SAGA_USER_AUTH_JWKS_URL")
+                    .unwrap_or_else(|| FIREBASE_JWKS_URL.into()),
+                emulator: set("FIREBASE_AUTH_EMULATOR_HOST"),
+                web_api_key: set("SAGA_WEB_API_KEY"),
+            }),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "SAGA_USER_AUTH",
+                    value: other.to_owned(),
+                    reason: "expected firebase or off",
+                });
+            }
+        };
+        let number = |name: &'static str| -> Result<Option<f64>, ConfigError> {
+            match set(name) {
+                None => Ok(None),
+                Some(value) => match value.parse::<f64>() {
+                    Ok(n) if n > 0.0 && n.is_finite() => Ok(Some(n)),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        value,
+                        reason: "expected a number above 0",
+                    }),
+                },
+            }
+        };
+        let defaults = Limits::default();
+        let limits = Limits {
+            post_every: number("SAGA_POST_RATE")?.map_or(defaults.post_every, |rate| {
+                Duration::from_secs_f64(1.0 / rate)
+            }),
+            post_burst: number("SAGA_POST_BURST")?
+                .map_or(defaults.post_burst, |n| n.min(f64::from(u32::MAX)) as u32),
+            streams_max: number("SAGA_STREAMS_MAX")?.map_or(defaults.streams_max, |n| n as usize),
+            stream_max: secs("SAGA_STREAM_MAX_SECS")?.unwrap_or(defaults.stream_max),
+            request_timeout: secs("SAGA_REQUEST_TIMEOUT_SECS")?.unwrap_or(defaults.request_timeout),
+            trust_forwarded: flag("SAGA_TRUST_FORWARDED")?,
+        };
         Ok(Config {
             project_id,
             pubsub,
@@ -222,6 +330,8 @@ impl Config {
             saga_timeout: secs("SAGA_TIMEOUT_SECS")?.unwrap_or(DEFAULT_SAGA_TIMEOUT),
             outbox_grace: secs("SAGA_OUTBOX_GRACE_SECS")?.unwrap_or(DEFAULT_OUTBOX_GRACE),
             sweep_interval: secs("SAGA_SWEEP_INTERVAL_SECS")?,
+            user_auth,
+            limits,
             faults: Faults::default(),
         })
     }
@@ -314,6 +424,41 @@ mod tests {
             (9000, Endpoint::Cloud, Endpoint::Cloud)
         );
         assert_eq!(c.bind, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn user_auth_is_off_unless_asked_for_and_accepts_the_emulators_tokens_only_when_told() {
+        assert_eq!(config(&CLOUD).unwrap().user_auth, UserAuth::Off);
+        let mut vars = CLOUD.to_vec();
+        vars.push(("SAGA_USER_AUTH", "firebase"));
+        let UserAuth::Firebase(firebase) = config(&vars).unwrap().user_auth else {
+            panic!("user auth off");
+        };
+        assert_eq!(
+            (firebase.project_id.as_str(), firebase.jwks_url.as_str()),
+            ("shop", FIREBASE_JWKS_URL)
+        );
+        assert_eq!(firebase.emulator, None);
+        vars.push(("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099"));
+        let UserAuth::Firebase(firebase) = config(&vars).unwrap().user_auth else {
+            panic!("user auth off");
+        };
+        assert_eq!(firebase.emulator.as_deref(), Some("127.0.0.1:9099"));
+        vars.push(("SAGA_POST_RATE", "0.5"));
+        vars.push(("SAGA_STREAMS_MAX", "3"));
+        let limits = config(&vars).unwrap().limits;
+        assert_eq!(
+            (limits.post_every, limits.streams_max),
+            (Duration::from_secs(2), 3)
+        );
+        let mut bad = CLOUD.to_vec();
+        bad.push(("SAGA_POST_RATE", "-1"));
+        assert!(
+            config(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("SAGA_POST_RATE")
+        );
     }
 
     #[test]

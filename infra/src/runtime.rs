@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
@@ -141,6 +142,24 @@ pub fn with_health(function: Function, router: Router) -> Router {
     )
 }
 
+/// Middleware: answers 503 ("retry later") to a request not answered within the limit (its
+/// state), so no request holds a connection, and a slot of the instance's concurrency, for
+/// ever: `router.layer(from_fn_with_state(limit, time_limit))`.
+pub async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(?limit, "request timed out");
+            let body = serde_json::json!({"error": "the request took too long, retry later", "retry": true});
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
 /// A function's server, bound and ready to run.
 pub struct Server {
     listener: TcpListener,
@@ -177,7 +196,11 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let draining = Arc::new(tokio::sync::Notify::new());
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown({
+        // With each connection's peer address, for per-client limits.
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(self.listener, service).with_graceful_shutdown({
             let draining = draining.clone();
             async move {
                 shutdown.await;
@@ -301,4 +324,47 @@ async fn run(
         .await?;
     tracing::info!("{function} stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_request_not_answered_in_time_is_answered_503_retry_later() {
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(
+                std::time::Duration::from_millis(100),
+                time_limit,
+            ));
+        let call = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let response = app
+                    .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let (status, body) = call("/slow").await;
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("retry later"), "{body}");
+        assert_eq!(call("/fast").await.0, axum::http::StatusCode::OK);
+    }
 }

@@ -178,7 +178,19 @@ impl IntoResponse for PushError {
         } else {
             tracing::error!(error = %self, "delivery failed, Pub/Sub will redeliver");
         }
-        let body = serde_json::json!({ "error": self.to_string(), "retry": true });
+        // The body says what Pub/Sub (or whoever calls) can act on: retry. What failed inside
+        // (a Firestore or publish error's own text) is in the log line above, not here.
+        let error = match &self {
+            PushError::NotYet(why) => format!("too early, will retry: {why}"),
+            PushError::SweepIncomplete(report) => {
+                format!(
+                    "{} of {} left unpublished, will retry",
+                    report.failed, report.due
+                )
+            }
+            _ => "the delivery could not be processed now, retry later".to_owned(),
+        };
+        let body = serde_json::json!({ "error": error, "retry": true });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
@@ -240,6 +252,11 @@ pub fn push_only(runtime: &Runtime, router: Router) -> Router {
             })
         }),
     );
+    // Past Pub/Sub's ack deadline (60 s) a push is delivered again anyway: answer before it.
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        PUSH_TIME_LIMIT,
+        crate::runtime::time_limit,
+    ));
     let router = match &runtime.config.push_auth {
         PushAuth::Disabled => router,
         PushAuth::Oidc(settings) => router.layer(axum::middleware::from_fn_with_state(
@@ -265,6 +282,9 @@ async fn close_connection(mut response: Response) -> Response {
     );
     response
 }
+
+/// Longest a push or sweep request may take: under the subscriptions' 60 s ack deadline.
+pub const PUSH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(55);
 
 /// `GET /internal/meter`: the process's operation counts ([`crate::meter`]), for the bench;
 /// behind push authentication like the sweeps.

@@ -7,8 +7,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use saga::check::{Baseline, check_settled};
-use saga_emulator::{Emulator, Kind, Overrides, SeedMode};
-use saga_infra::config::Config;
+use saga_emulator::{AuthEmulator, Emulator, Kind, Overrides, SeedMode};
+use saga_infra::config::{Config, FirebaseAuth, Limits, UserAuth};
 use saga_infra::events::Event;
 use saga_infra::order::OrderDoc;
 use saga_infra::runtime::{Runtime, Server};
@@ -103,6 +103,11 @@ pub struct Options {
     pub saga_timeout: Duration,
     /// Pub/Sub delivery settings, for tests that need it to give up sooner.
     pub overrides: Overrides,
+    /// The frontend's limits. A test is one heavy client, so by default they are far above
+    /// what one test sends; the tests of the limits set them.
+    pub limits: Limits,
+    /// Users sign in with the Firebase Authentication emulator's tokens.
+    pub sign_in: bool,
 }
 
 impl Default for Options {
@@ -111,8 +116,33 @@ impl Default for Options {
             fault_injection: true,
             saga_timeout: Duration::from_secs(300),
             overrides: Overrides::default(),
+            limits: Limits {
+                post_every: Duration::from_micros(10),
+                post_burst: 100_000,
+                ..Limits::default()
+            },
+            sign_in: false,
         }
     }
+}
+
+static AUTH: OnceCell<AuthEmulator> = OnceCell::const_new();
+
+/// The Firebase Authentication emulator every sign-in test shares (started once).
+pub async fn auth_emulator() -> &'static AuthEmulator {
+    AUTH.get_or_init(|| async {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("auth-emulator");
+        let host = format!(
+            "127.0.0.1:{}",
+            saga_emulator::free_port().expect("free port")
+        );
+        AuthEmulator::start(&host, "demo-saga-tests", &dir, &dir.join("auth.log"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the sign-in tests need the Firebase Authentication emulator: {e}")
+            })
+    })
+    .await
 }
 
 struct Running {
@@ -140,9 +170,22 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     logs();
     let hosts = hosts().await;
     let project = format!("t-{}", &Uuid::new_v4().simple().to_string()[..16]);
+    let user_auth = if options.sign_in {
+        let auth = auth_emulator().await;
+        UserAuth::Firebase(FirebaseAuth {
+            project_id: auth.project.clone(),
+            jwks_url: saga_infra::config::FIREBASE_JWKS_URL.into(),
+            emulator: Some(auth.host.clone()),
+            web_api_key: None,
+        })
+    } else {
+        UserAuth::Off
+    };
     let config = Config {
         fault_injection: options.fault_injection,
         saga_timeout: options.saga_timeout,
+        user_auth,
+        limits: options.limits,
         // Tests sweep explicitly; anything unpublished is due at once.
         outbox_grace: Duration::ZERO,
         ..Config::emulators(&project, &hosts.pubsub, &hosts.firestore)

@@ -15,5 +15,6 @@ mod helpers;
 mod observability;
 mod push_auth;
 mod saga_up;
+mod security;
 mod shutdown;
 mod transactions;

@@ -129,6 +129,102 @@ async fn saga_up_runs_the_stack_and_ctrl_c_stops_all_of_it() {
     }
 }
 
+/// `saga up --auth`: the Firebase Authentication emulator with the demo users; orders only
+/// from a signed-in user, for themselves; Ctrl-C stops the auth emulator too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
+    let (pubsub, firestore, frontend, auth) = (
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_block(),
+        free_port().unwrap(),
+    );
+    let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("saga-up-auth");
+    let mut child = saga()
+        .args(["up", "--auth", "--project", "saga-up-auth"])
+        .args(["--pubsub-port", &pubsub.to_string()])
+        .args(["--firestore-port", &firestore.to_string()])
+        .args(["--frontend-port", &frontend.to_string()])
+        .args(["--auth-port", &auth.to_string()])
+        .arg("--log-dir")
+        .arg(&logs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting saga up");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    let ready = tokio::time::timeout(Duration::from_secs(240), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("Ctrl-C stops everything") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "saga up --auth did not come up: {banner}");
+    assert!(banner.contains("jack@example.com"), "{banner}");
+
+    let http = reqwest::Client::new();
+    let signed_in: Value = http
+        .post(format!(
+            "http://127.0.0.1:{auth}/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword?key=emulator"
+        ))
+        .json(&json!({"email": "jack@example.com", "password": saga::up::DEMO_PASSWORD, "returnSecureToken": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signed_in["idToken"].as_str().expect("a token").to_owned();
+    let order = json!({"item": "widget", "quantity": 1});
+    let base = format!("http://127.0.0.1:{frontend}");
+    let refused = http
+        .post(format!("{base}/order"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let accepted = http
+        .post(format!("{base}/order"))
+        .bearer_auth(&token)
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let accepted: Value = accepted.json().await.unwrap();
+    assert_eq!(accepted["user"], "jack");
+
+    let pid = child.id().expect("running").to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("saga up stops on Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", auth))
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the auth emulator outlived saga up"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test]
 async fn saga_up_without_gcloud_says_what_to_install_and_fails() {
     let output = saga()

@@ -1,160 +1,206 @@
-//! The live list of recent orders that open pages show: one poller per process, shared by
-//! every page. A page that opens adds a subscriber, not a query: on the emulator each query
-//! scans the whole project, so a query per page per refresh grew with every open tab.
+//! The live lists of recent orders that open pages show, fed by one Firestore listener per
+//! process (a watch, [`saga_infra::store::Watch`]), not by polling: Firestore pushes each
+//! order that changes in a list, and each open page gets the new rendering.
+//!
+//! A list is a watch target: a user's own orders (sign-in on), or everyone's (sign-in off).
+//! Every page of one list shares its target; the target is added when the list's first page
+//! opens and removed when its last one closes. Reads: one per order that enters or changes in
+//! a list, whatever the number of pages; nothing while nothing changes.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use saga_infra::order::OrderDoc;
+use saga_infra::store::{Change, Store, StoreError, Target, Watch};
 use tokio::sync::watch;
 
-/// The latest rendering of the recent orders (JSON), and whether a poller is running.
+/// Which list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum List {
+    Everyone,
+    User(String),
+}
+
+/// Turns a list's orders, newest change first, into what a page receives.
+pub type Render = fn(&[OrderDoc]) -> String;
+
+/// The process's live lists; cheap to clone.
 #[derive(Clone)]
 pub struct Live {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    store: Store,
+    /// How many orders a list shows.
+    limit: u32,
+    render: Render,
+    state: Mutex<State>,
+    /// One start of the watch at a time.
+    starting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    watch: Option<Arc<Watch>>,
+    lists: HashMap<List, Feed>,
+}
+
+struct Feed {
+    target: Target,
+    pages: usize,
+    orders: Vec<OrderDoc>,
     latest: watch::Sender<Arc<str>>,
-    polling: AtomicBool,
-    every: Duration,
+}
+
+/// An open page's view of its list; closing it (dropping) lets the list go when it was the
+/// last.
+pub struct Page {
+    pub updates: watch::Receiver<Arc<str>>,
+    live: Live,
+    list: List,
 }
 
 impl Live {
-    /// Polls every `every` while any page is subscribed.
-    pub fn new(every: Duration) -> Live {
+    pub fn new(store: Store, limit: u32, render: Render) -> Live {
         Live {
             inner: Arc::new(Inner {
-                latest: watch::Sender::new(Arc::from("")),
-                polling: AtomicBool::new(false),
-                every,
+                store,
+                limit,
+                render,
+                state: Mutex::new(State::default()),
+                starting: tokio::sync::Mutex::new(()),
             }),
         }
     }
 
-    /// Subscribes a page. The first subscriber starts the poller, which calls `fetch` every
-    /// interval until no page is left; `fetch` gives the rendering, or `None` when it could
-    /// not (the page keeps what it has).
-    pub fn subscribe<F, Fut>(&self, fetch: F) -> watch::Receiver<Arc<str>>
-    where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Option<String>> + Send + 'static,
-    {
-        let page = self.inner.latest.subscribe();
-        if !self.inner.polling.swap(true, Ordering::SeqCst) {
-            tokio::spawn(self.clone().poll(fetch));
-        }
-        page
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn poll<F, Fut>(self, fetch: F)
-    where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Option<String>> + Send + 'static,
-    {
-        let inner = &self.inner;
-        loop {
-            if inner.latest.receiver_count() == 0 {
-                inner.polling.store(false, Ordering::SeqCst);
-                // A page may have subscribed between the count and the store, and seen a
-                // poller still running: keep polling for it, unless it started its own.
-                if inner.latest.receiver_count() == 0 || inner.polling.swap(true, Ordering::SeqCst)
-                {
-                    return;
-                }
-            }
-            if let Some(rendering) = fetch().await {
-                inner.latest.send_if_modified(|latest| {
+    /// Opens a page on `list`.
+    pub async fn open(&self, list: List) -> Result<Page, StoreError> {
+        if let Some(feed) = self.state().lists.get_mut(&list) {
+            feed.pages += 1;
+            return Ok(self.page(list, feed.latest.subscribe()));
+        }
+        let watch = self.watch().await?;
+        let target = match &list {
+            List::Everyone => watch.recent(self.inner.limit).await?,
+            List::User(user) => watch.of_user(user, self.inner.limit).await?,
+        };
+        let mut state = self.state();
+        // Another page of the same list may have added it meanwhile: keep the first target.
+        if let Some(feed) = state.lists.get_mut(&list) {
+            feed.pages += 1;
+            let updates = feed.latest.subscribe();
+            drop(state);
+            tokio::spawn(async move { watch.remove(target).await });
+            return Ok(self.page(list, updates));
+        }
+        let (latest, updates) = watch::channel(Arc::from((self.inner.render)(&[])));
+        state.lists.insert(
+            list.clone(),
+            Feed {
+                target,
+                pages: 1,
+                orders: Vec::new(),
+                latest,
+            },
+        );
+        Ok(self.page(list, updates))
+    }
+
+    fn page(&self, list: List, updates: watch::Receiver<Arc<str>>) -> Page {
+        Page {
+            updates,
+            live: self.clone(),
+            list,
+        }
+    }
+
+    /// The process's watch, started by the first page.
+    async fn watch(&self) -> Result<Arc<Watch>, StoreError> {
+        if let Some(watch) = &self.state().watch {
+            return Ok(watch.clone());
+        }
+        let _one = self.inner.starting.lock().await;
+        if let Some(watch) = &self.state().watch {
+            return Ok(watch.clone());
+        }
+        let (watch, changes) = self.inner.store.watch_orders().await?;
+        self.state().watch = Some(watch.clone());
+        tokio::spawn(self.clone().dispatch(changes));
+        Ok(watch)
+    }
+
+    /// Applies each change to the lists it is in, and sends the lists that changed.
+    async fn dispatch(self, mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>) {
+        while let Some(change) = changes.recv().await {
+            let mut state = self.state();
+            for feed in state
+                .lists
+                .values_mut()
+                .filter(|f| change.targets.contains(&f.target))
+            {
+                feed.orders.retain(|o| o.order_id != change.order.order_id);
+                feed.orders.push(change.order.clone());
+                feed.orders.sort_by_key(|o| std::cmp::Reverse(o.updated_at));
+                feed.orders.truncate(self.inner.limit as usize);
+                let rendering: Arc<str> = Arc::from((self.inner.render)(&feed.orders));
+                feed.latest.send_if_modified(|latest| {
                     let changed = **latest != *rendering;
                     if changed {
-                        *latest = Arc::from(rendering);
+                        *latest = rendering.clone();
                     }
                     changed
                 });
             }
-            tokio::time::sleep(inner.every).await;
+        }
+    }
+
+    fn close(&self, list: &List) {
+        let mut state = self.state();
+        let Some(feed) = state.lists.get_mut(list) else {
+            return;
+        };
+        feed.pages -= 1;
+        if feed.pages > 0 {
+            return;
+        }
+        let target = feed.target;
+        state.lists.remove(list);
+        if let Some(watch) = state.watch.clone() {
+            tokio::spawn(async move {
+                if let Err(error) = watch.remove(target).await {
+                    tracing::warn!(%error, "live list not removed from the watch");
+                }
+            });
         }
     }
 }
 
-/// What a page receives: each new rendering once, starting with the current one.
-pub async fn next(page: &mut watch::Receiver<Arc<str>>, first: bool) -> Option<Arc<str>> {
-    if first && !page.borrow().is_empty() {
-        return Some(page.borrow_and_update().clone());
-    }
-    loop {
-        page.changed().await.ok()?;
-        let rendering = page.borrow_and_update().clone();
-        if !rendering.is_empty() {
-            return Some(rendering);
-        }
+impl Drop for Page {
+    fn drop(&mut self) {
+        self.live.close(&self.list);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    const EVERY: Duration = Duration::from_millis(500);
-
-    fn counting(
-        fetches: &Arc<AtomicUsize>,
-    ) -> impl Fn() -> std::future::Ready<Option<String>> + use<> {
-        let fetches = fetches.clone();
-        move || {
-            let n = fetches.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Some(format!("[{}]", n / 3)))
+impl Page {
+    /// The next rendering to send: the current one first (if any yet), then each change.
+    pub async fn next(&mut self, first: bool) -> Option<Arc<str>> {
+        if first && !self.updates.borrow().is_empty() {
+            return Some(self.updates.borrow_and_update().clone());
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pages_open_at_once_share_one_query_per_interval() {
-        let live = Live::new(EVERY);
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let pages: Vec<_> = (0..5).map(|_| live.subscribe(counting(&fetches))).collect();
-        tokio::time::sleep(EVERY * 10 + EVERY / 2).await;
-        assert_eq!(
-            fetches.load(Ordering::SeqCst),
-            11,
-            "one fetch per interval, not per page"
-        );
-        drop(pages);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn every_page_sees_the_current_rendering_then_each_change() {
-        let live = Live::new(EVERY);
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let mut first = live.subscribe(counting(&fetches));
-        assert_eq!(next(&mut first, true).await.as_deref(), Some("[0]"));
-        let mut second = live.subscribe(counting(&fetches));
-        assert_eq!(next(&mut second, true).await.as_deref(), Some("[0]"));
-        // The rendering changes every third fetch; unchanged ones are not sent again.
-        assert_eq!(next(&mut first, false).await.as_deref(), Some("[1]"));
-        assert_eq!(next(&mut second, false).await.as_deref(), Some("[1]"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_poller_stops_when_the_last_page_closes_and_starts_again_for_the_next() {
-        let live = Live::new(EVERY);
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let page = live.subscribe(counting(&fetches));
-        tokio::time::sleep(EVERY * 2).await;
-        drop(page);
-        tokio::time::sleep(EVERY * 2).await;
-        let stopped_at = fetches.load(Ordering::SeqCst);
-        tokio::time::sleep(EVERY * 10).await;
-        assert_eq!(
-            fetches.load(Ordering::SeqCst),
-            stopped_at,
-            "no page, no query"
-        );
-
-        let mut page = live.subscribe(counting(&fetches));
-        assert!(next(&mut page, true).await.is_some());
-        tokio::time::sleep(EVERY * 2).await;
-        assert!(fetches.load(Ordering::SeqCst) > stopped_at, "polling again");
+        loop {
+            self.updates.changed().await.ok()?;
+            let rendering = self.updates.borrow_and_update().clone();
+            if !rendering.is_empty() {
+                return Some(rendering);
+            }
+        }
     }
 }

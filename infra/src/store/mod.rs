@@ -2,15 +2,18 @@
 //! use, and a small optimistic transaction runner ([`transaction`]).
 //!
 //! Functions reach Firestore only through what this module names: a get by id, a
-//! transaction, and the few queries below ([`Store::orders_due`], [`Store::recent_orders`],
-//! [`Store::orders_changed_since`]) and appends ([`Store::note_duplicate`]). Every one of them
+//! transaction, the few queries below ([`Store::orders_due`], [`Store::recent_orders`],
+//! [`Store::orders_changed_since`]), appends ([`Store::note_duplicate`]) and one watch of
+//! the orders ([`Store::watch_orders`]). Every one of them
 //! counts its operations on the store's [`Meter`].
 
 mod docs;
 mod transaction;
+mod watch;
 
 pub use docs::{ItemDoc, ParkedMessage, StockShard, UserDoc, collections, stock_shard_id};
 pub use transaction::{Tx, TxError};
+pub use watch::{Change, Target, Watch};
 
 pub use crate::order::{
     Allocation, Duplicate, Emitted, OrderDoc, Payment, PaymentStatus, Reservation,
