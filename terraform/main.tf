@@ -5,7 +5,7 @@ data "google_project" "this" {
 locals {
   # Every API the apply and the running saga need: Cloud Resource Manager for the project's
   # number, IAM and IAM credentials for identities and their tokens, Monitoring and Logging
-  # for the alerts and the log-based metric.
+  # for the alerts and the log-based metric, Identity Toolkit for the users' sign-in.
   apis = [
     "cloudresourcemanager.googleapis.com",
     "serviceusage.googleapis.com",
@@ -18,6 +18,7 @@ locals {
     "iamcredentials.googleapis.com",
     "monitoring.googleapis.com",
     "logging.googleapis.com",
+    "identitytoolkit.googleapis.com",
   ]
   registry = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.saga.repository_id}"
 }
@@ -60,6 +61,35 @@ resource "google_firestore_index" "orders_due" {
     field_path = "updated_at"
     order      = "ASCENDING"
   }
+}
+
+# A signed-in user's live list (infra/src/store/watch.rs: Watch::of_user): their orders,
+# last changed first.
+resource "google_firestore_index" "orders_of_user" {
+  database    = google_firestore_database.main.name
+  collection  = "orders"
+  query_scope = "COLLECTION"
+  fields {
+    field_path = "user"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updated_at"
+    order      = "DESCENDING"
+  }
+}
+
+# Users sign in with Identity Platform (Firebase Authentication's Google Cloud edition):
+# email and password. The frontend accepts its ID tokens only (SAGA_USER_AUTH=firebase).
+resource "google_identity_platform_config" "users" {
+  autodelete_anonymous_users = true
+  sign_in {
+    email {
+      enabled           = true
+      password_required = true
+    }
+  }
+  depends_on = [google_project_service.apis]
 }
 
 # An order carries its steps' records and its duplicate deliveries: read whole with the
@@ -146,6 +176,17 @@ module "function" {
   sweep_schedule             = var.sweep_schedule
   fault_injection            = var.fault_injection
   max_instances              = var.max_instances
+  # The frontend: users sign in (Identity Platform ID tokens of this project), and the
+  # client's address, for its rate, is the one Cloud Run's front end appended.
+  env = each.key == "frontend" ? merge(
+    {
+      SAGA_USER_AUTH       = "firebase"
+      SAGA_TRUST_FORWARDED = "true"
+      SAGA_POST_RATE       = tostring(var.post_rate)
+      SAGA_STREAMS_MAX     = tostring(var.streams_max)
+    },
+    var.web_api_key == null ? {} : { SAGA_WEB_API_KEY = var.web_api_key },
+  ) : {}
 
   depends_on = [google_firestore_database.main]
 }

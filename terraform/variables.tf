@@ -69,3 +69,21 @@ variable "max_instances" {
   type        = number
   default     = 10
 }
+
+variable "post_rate" {
+  description = "Orders a second each client (a signed-in user) may place at most, in each frontend instance."
+  type        = number
+  default     = 5
+}
+
+variable "streams_max" {
+  description = "Live streams a frontend instance holds open at most (past it, 503): below the instance's request concurrency, so streams never take all of it."
+  type        = number
+  default     = 40
+}
+
+variable "web_api_key" {
+  description = "The browser API key the shop page signs users in with (Identity Platform's REST API; a browser key is public by nature, restrict it to the Identity Toolkit API); without it, clients sign in on their own and send the ID token."
+  type        = string
+  default     = null
+}

@@ -466,3 +466,30 @@ fn terraform_alerts_on_dead_letters_stuck_pushes_timeouts_and_errors() {
         "the timeout metric's filter names the janitor's log line"
     );
 }
+
+#[test]
+fn terraform_turns_sign_in_on_for_the_frontend() {
+    let main = text("terraform/main.tf");
+    assert!(main.contains("resource \"google_identity_platform_config\" \"users\""));
+    assert!(main.contains("identitytoolkit.googleapis.com"));
+    // Compared without whitespace: `terraform fmt` aligns the map's `=`.
+    let compact: String = main.split_whitespace().collect();
+    for env in [
+        "SAGA_USER_AUTH=\"firebase\"",
+        "SAGA_TRUST_FORWARDED=\"true\"",
+    ] {
+        assert!(compact.contains(env), "the frontend gets {env}");
+    }
+    let parsed = parse("terraform/main.tf");
+    let index = blocks(
+        &parsed,
+        "resource",
+        &["google_firestore_index", "orders_of_user"],
+    )
+    .next()
+    .expect("the live list's index");
+    let text = hcl::format::to_string(index.body()).unwrap();
+    let user = text.find("\"user\"").expect("user first");
+    let updated = text.find("\"updated_at\"").expect("then updated_at");
+    assert!(user < updated && text.contains("DESCENDING"), "{text}");
+}

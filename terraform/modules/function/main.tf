@@ -85,6 +85,13 @@ resource "google_cloud_run_v2_service" "function" {
         name  = "SAGA_PUSH_IAM_FRONTED"
         value = tostring(!var.public)
       }
+      dynamic "env" {
+        for_each = var.env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
       startup_probe {
         http_get {
           path = "/healthz"

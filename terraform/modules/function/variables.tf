@@ -81,3 +81,9 @@ variable "fault_injection" {
 variable "max_instances" {
   type = number
 }
+
+variable "env" {
+  description = "More environment variables of this function's container."
+  type        = map(string)
+  default     = {}
+}
