@@ -69,8 +69,19 @@ pub fn firebase_cli() -> Result<PathBuf, AuthEmulatorError> {
     if Command::new("npm").arg("--version").output().is_err() {
         return Err(AuthEmulatorError::NpmMissing);
     }
-    // Installed beside, then renamed into place: two processes installing at once both
-    // end with a whole install.
+    // One install at a time across processes (the tests and `saga up` may start at once):
+    // the others wait for it, then find it installed. The lock is released on drop.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| AuthEmulatorError::Install(e.to_string()))?;
+    let lock = std::fs::File::create(dir.with_extension("lock"))
+        .map_err(|e| AuthEmulatorError::Install(e.to_string()))?;
+    lock.lock()
+        .map_err(|e| AuthEmulatorError::Install(e.to_string()))?;
+    if cli.is_file() {
+        return Ok(cli);
+    }
+    // Installed beside, then renamed into place: an install killed half-way leaves nothing
+    // that looks installed.
     let staging = dir.with_extension(format!("installing-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| AuthEmulatorError::Install(e.to_string()))?;
@@ -86,7 +97,7 @@ pub fn firebase_cli() -> Result<PathBuf, AuthEmulatorError> {
         ));
     }
     if std::fs::rename(&staging, &dir).is_err() {
-        // Someone else's install won.
+        // The directory is there already; whether it holds the command is checked below.
         let _ = std::fs::remove_dir_all(&staging);
     }
     if cli.is_file() {

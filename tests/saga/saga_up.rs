@@ -139,7 +139,15 @@ async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
         free_block(),
         free_port().unwrap(),
     );
+    // On a fresh clone the first use installs firebase-tools with npm (a minute or more
+    // beside the other tests); that is setup, not what this test times.
+    tokio::task::spawn_blocking(saga_emulator::auth::firebase_cli)
+        .await
+        .unwrap()
+        .expect("installing firebase-tools");
     let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("saga-up-auth");
+    std::fs::create_dir_all(&logs).unwrap();
+    let stderr = logs.join("saga-up.stderr");
     let mut child = saga()
         .args(["up", "--auth", "--project", "saga-up-auth"])
         .args(["--pubsub-port", &pubsub.to_string()])
@@ -149,7 +157,7 @@ async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
         .arg("--log-dir")
         .arg(&logs)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
         .kill_on_drop(true)
         .spawn()
         .expect("starting saga up");
@@ -166,7 +174,12 @@ async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
         false
     })
     .await;
-    assert_eq!(ready, Ok(true), "saga up --auth did not come up: {banner}");
+    assert_eq!(
+        ready,
+        Ok(true),
+        "saga up --auth did not come up: {banner}\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
     assert!(banner.contains("jack@example.com"), "{banner}");
 
     let http = reqwest::Client::new();
