@@ -3,7 +3,7 @@
 
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
-use google_cloud_pubsub::model::{DeadLetterPolicy, PushConfig, RetryPolicy, Subscription};
+use google_cloud_pubsub::model::{DeadLetterPolicy, PushConfig, Subscription};
 use saga_infra::topology::{
     self, PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS, PushSubscription, subscription_path, topic_path,
 };
@@ -38,7 +38,6 @@ fn anonymous() -> google_cloud_auth::credentials::Credentials {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Overrides {
     pub max_delivery_attempts: Option<i32>,
-    pub backoff: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 /// The emulator's admin clients, and create-if-absent for topics and subscriptions.
@@ -125,22 +124,20 @@ pub async fn create_topology_with(
     for topic in topology::all_topics() {
         admin.ensure_topic(project, topic).await?;
     }
-    let backoff = |d: std::time::Duration| {
-        google_cloud_wkt::Duration::clamp(i64::try_from(d.as_secs()).unwrap_or(600), 0)
-    };
     for s in &PUSH_SUBSCRIPTIONS {
-        let (min_backoff, max_backoff) =
-            overrides.backoff.unwrap_or((s.min_backoff, s.max_backoff));
+        // No retry policy on the emulator, unlike Terraform's (1 s to 60 s): the emulator
+        // (0.8.20) schedules a retried push on a timer that a NullPointerException kills
+        // when several messages fail twice within the same millisecond tick, and from then
+        // on the subscription's failed messages are never pushed again nor dead-lettered
+        // (`MessageBacklog.insertDelayedMessage` and `ExpireOutstandingMessagesRunnable`,
+        // which only catches `StatusException`, under `scheduleAtFixedRate`). Without a
+        // policy it retries a failed push after 1 s, and the dead-letter policy still
+        // counts the attempts.
         let subscription = Subscription::new()
             .set_name(subscription_path(project, s.name))
             .set_topic(topic_path(project, s.topic))
             .set_push_config(PushConfig::new().set_push_endpoint(push_endpoint(s)))
             .set_ack_deadline_seconds(i32::try_from(s.ack_deadline.as_secs()).unwrap_or(60))
-            .set_retry_policy(
-                RetryPolicy::new()
-                    .set_minimum_backoff(backoff(min_backoff))
-                    .set_maximum_backoff(backoff(max_backoff)),
-            )
             .set_dead_letter_policy(
                 DeadLetterPolicy::new()
                     .set_dead_letter_topic(topic_path(project, s.dead_letter_topic))

@@ -282,7 +282,6 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_its_saga_compensated(
     let app = spawn_app_with(Options {
         overrides: saga_emulator::Overrides {
             max_delivery_attempts: Some(5),
-            backoff: Some((Duration::from_secs(1), Duration::from_secs(2))),
         },
         ..Options::default()
     })

@@ -231,7 +231,6 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven_once_fixed() {
     let app = spawn_app_with(Options {
         overrides: saga_emulator::Overrides {
             max_delivery_attempts: Some(5),
-            backoff: Some((Duration::from_secs(1), Duration::from_secs(2))),
         },
         ..Options::default()
     })
