@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus};
+use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus, wire};
 use saga_infra::order::{Emitted, Reservation, ReservationStatus};
 use saga_infra::store::{ItemDoc, UserDoc};
 use saga_infra::testing::order_at;
@@ -27,12 +27,12 @@ fn hot_paths(c: &mut Criterion) {
         .to_string()
         .into_bytes();
     c.bench_function("push envelope decode", |b| {
-        b.iter(|| saga_infra::push::decode(black_box(&body)))
+        b.iter(|| saga_infra::push::decode(black_box(&body), wire::CURRENT))
     });
 
     let trace = TraceContext::root();
     c.bench_function("event encode to its emitted record", |b| {
-        b.iter(|| Emitted::of(black_box(&event), &trace))
+        b.iter(|| Emitted::of(black_box(&event), wire::CURRENT, &trace))
     });
     let traceparent = trace.to_string();
     c.bench_function("traceparent continue", |b| {

@@ -31,11 +31,15 @@ impl Baseline {
     }
 }
 
-/// The result of a check: counts, and every invariant that does not hold.
+/// The result of a check: counts, every invariant that does not hold, and the messages an
+/// operator should look at (parked and dead-lettered; listed, not violations: each has its
+/// saga compensated or its own reason).
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub orders: BTreeMap<String, usize>,
     pub violations: Vec<String>,
+    #[serde(skip)]
+    pub letters: Vec<crate::ops::DeadLetter>,
 }
 
 impl Report {
@@ -52,6 +56,20 @@ impl std::fmt::Display for Report {
             .map(|(s, n)| format!("{s} {n}"))
             .collect();
         writeln!(f, "orders: {}", counts.join(", "))?;
+        if !self.letters.is_empty() {
+            writeln!(
+                f,
+                "parked and dead-lettered messages: {}",
+                self.letters.len()
+            )?;
+            for l in &self.letters {
+                writeln!(
+                    f,
+                    "  {} {} {} order {} (from {}): {}",
+                    l.place, l.id, l.event_type, l.order_id, l.source, l.reason
+                )?;
+            }
+        }
         if self.violations.is_empty() {
             return writeln!(f, "all invariants hold");
         }
@@ -71,7 +89,7 @@ pub async fn check_settled(
 ) -> Result<Report, StoreError> {
     let deadline = std::time::Instant::now() + patience;
     loop {
-        let report = check(store, baseline, true).await?;
+        let report = check(store, baseline, Mode::Settled).await?;
         if report.holds() || std::time::Instant::now() >= deadline {
             return Ok(report);
         }
@@ -83,13 +101,24 @@ pub async fn check_settled(
 /// another way than `POST /order`).
 const COMPLETED_STEPS: [&str; 3] = ["order", "inventory", "payments"];
 
-/// Checks every invariant against `baseline`. With `settled`, every order must also have
-/// reached COMPLETED or COMPENSATED with the records of the steps that took it there.
-pub async fn check(
-    store: &Store,
-    baseline: &Baseline,
-    settled: bool,
-) -> Result<Report, StoreError> {
+/// What a check may assume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing is moving: every order must have reached COMPLETED or COMPENSATED with the
+    /// records of the steps that took it there.
+    Settled,
+    /// Sagas are in flight; but none may be unfinished longer than `stuck_after` since its
+    /// last change (the saga timeout and a sweep interval or two): the timeout sweep fails
+    /// and compensates those, so one still there is stuck.
+    InFlight { stuck_after: std::time::Duration },
+}
+
+/// Checks every invariant against `baseline`, from one snapshot of the database (every
+/// collection read at the same instant, so sagas moving meanwhile cannot make conserved
+/// stock or money look broken).
+pub async fn check(store: &Store, baseline: &Baseline, mode: Mode) -> Result<Report, StoreError> {
+    let settled = mode == Mode::Settled;
+    let store = &store.snapshot().await?;
     let orders: Vec<(String, OrderDoc)> = store.all(collections::ORDERS).await?;
     let items: BTreeMap<String, ItemDoc> = store
         .all(collections::INVENTORY)
@@ -173,6 +202,18 @@ pub async fn check(
             )),
             status if settled && !status.is_terminal() => {
                 v.push(format!("order {id} is not over: {status}"))
+            }
+            status if !status.is_terminal() => {
+                if let Mode::InFlight { stuck_after } = mode
+                    && let Ok(since) = jiff::SignedDuration::try_from(stuck_after)
+                    && order.updated_at < jiff::Timestamp::now() - since
+                {
+                    v.push(format!(
+                        "order {id} is stuck: {status} since {}, longer than {}s",
+                        order.updated_at,
+                        stuck_after.as_secs()
+                    ));
+                }
             }
             _ => {}
         }

@@ -11,6 +11,7 @@ use saga_infra::store::Store;
 use saga_infra::topology::{Function, PushSubscription};
 use tokio::process::{Child, Command};
 
+use crate::check::Mode;
 use crate::ops::Target;
 
 /// Set by `saga up` on the functions it starts: its pid, so they stop when it is gone.
@@ -114,6 +115,10 @@ pub struct CheckArgs {
     /// is published"), for a stack with orders in flight.
     #[arg(long)]
     pub in_flight: bool,
+    /// With --in-flight: an order unfinished this many seconds after its last change is
+    /// reported stuck (the saga timeout, 300 s, and two sweeps of the janitor).
+    #[arg(long, default_value_t = 420, value_name = "SECS")]
+    pub stuck_after: u64,
 }
 
 /// How long `saga check` (settled) and the bench give the last outbox marks to land.
@@ -127,11 +132,20 @@ pub async fn check(args: CheckArgs) -> Result<crate::check::Report, UpError> {
         .await
         .map_err(|e| UpError::Io(e.to_string()))?;
     let baseline = crate::check::Baseline::seed();
-    Ok(if args.in_flight {
-        crate::check::check(&store, &baseline, false).await?
+    let mut report = if args.in_flight {
+        let stuck_after = Duration::from_secs(args.stuck_after);
+        crate::check::check(&store, &baseline, Mode::InFlight { stuck_after }).await?
     } else {
         crate::check::check_settled(&store, &baseline, SETTLE).await?
-    })
+    };
+    let pubsub = args
+        .target
+        .pubsub()
+        .map_err(|e| UpError::Io(e.to_string()))?;
+    report.letters = crate::ops::dlq_list(&store, &pubsub)
+        .await
+        .map_err(|e| UpError::Io(e.to_string()))?;
+    Ok(report)
 }
 
 /// `saga seed`: seeds the emulator, or a project on Google Cloud; returns how many documents it wrote.

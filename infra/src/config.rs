@@ -25,6 +25,8 @@
 //! | `SAGA_STREAMS_MAX` | live streams an instance holds open at most | 100 |
 //! | `SAGA_STREAM_MAX_SECS` | how long one live stream stays open (the page reconnects) | 900 |
 //! | `SAGA_REQUEST_TIMEOUT_SECS` | longest a request may take before it is answered 503 | 30 |
+//! | `SAGA_EVENT_VERSION` | speak only this event schema version: write it, and read nothing newer (the previous release's behaviour, for a rolling-deploy test) | the current one |
+//! | `SAGA_EMIT_EVENT_VERSION` | write events in this schema version, still reading every version this build knows (during a rollout: docs/evolving.md) | `SAGA_EVENT_VERSION`, else the current one |
 //! | `SAGA_TRUST_FORWARDED` | `true`: the client's address is the last `X-Forwarded-For` entry (Cloud Run's front end appends it) | `false` |
 //!
 //! Push authentication is required when not on the emulators: a function in the cloud with
@@ -33,6 +35,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::events::wire::{self, EventVersions};
 use crate::push_auth::{GOOGLE_JWKS_URL, OidcSettings};
 
 /// Where Firebase Authentication / Identity Platform publishes the keys its ID tokens are
@@ -139,6 +142,8 @@ pub struct Config {
     pub user_auth: UserAuth,
     pub limits: Limits,
     pub faults: Faults,
+    /// The event schema versions it writes and reads ([`crate::events::wire`]).
+    pub event_versions: EventVersions,
 }
 
 pub const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(300);
@@ -180,6 +185,7 @@ impl Config {
             user_auth: UserAuth::Off,
             limits: Limits::default(),
             faults: Faults::default(),
+            event_versions: EventVersions::default(),
         }
     }
 
@@ -307,6 +313,24 @@ impl Config {
                 },
             }
         };
+        let version = |name: &'static str| -> Result<Option<u32>, ConfigError> {
+            match set(name) {
+                None => Ok(None),
+                Some(value) => match value.parse::<u32>() {
+                    Ok(v) if (wire::OLDEST..=wire::CURRENT).contains(&v) => Ok(Some(v)),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        value,
+                        reason: "expected an event schema version this build knows",
+                    }),
+                },
+            }
+        };
+        let mut event_versions =
+            version("SAGA_EVENT_VERSION")?.map_or_else(EventVersions::default, EventVersions::only);
+        if let Some(emit) = version("SAGA_EMIT_EVENT_VERSION")? {
+            event_versions.emit = emit.min(event_versions.accept);
+        }
         let defaults = Limits::default();
         let limits = Limits {
             post_every: number("SAGA_POST_RATE")?.map_or(defaults.post_every, |rate| {
@@ -333,6 +357,7 @@ impl Config {
             user_auth,
             limits,
             faults: Faults::default(),
+            event_versions,
         })
     }
 }
@@ -477,5 +502,32 @@ mod tests {
                 .unwrap()
                 .fault_injection
         );
+    }
+
+    #[test]
+    fn event_versions_speak_the_current_one_unless_told() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = CLOUD.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        assert_eq!(with(&[]).unwrap().event_versions, EventVersions::default());
+        assert_eq!(
+            with(&[("SAGA_EVENT_VERSION", "1")]).unwrap().event_versions,
+            EventVersions { emit: 1, accept: 1 }
+        );
+        assert_eq!(
+            with(&[("SAGA_EMIT_EVENT_VERSION", "1")])
+                .unwrap()
+                .event_versions,
+            EventVersions {
+                emit: 1,
+                accept: wire::CURRENT
+            }
+        );
+        for bad in ["0", "99", "two"] {
+            let e = with(&[("SAGA_EVENT_VERSION", bad)]).unwrap_err();
+            assert!(e.to_string().contains("SAGA_EVENT_VERSION"), "{e}");
+        }
     }
 }

@@ -22,7 +22,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::{Event, FailureReason, OrderDetails, OrderStatus};
+use crate::events::{Event, FailureReason, OrderDetails, OrderStatus, wire};
 use crate::trace::{TRACEPARENT, TraceContext};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,14 +130,17 @@ pub struct Emitted {
 }
 
 impl Emitted {
-    /// `event`, emitted by the span `trace`, which the next step's span is a child of.
-    pub fn of(event: &Event, trace: &TraceContext) -> Emitted {
+    /// `event` written in schema `version`, emitted by the span `trace`, which the next
+    /// step's span is a child of. The version is fixed here, at commit: every publish of it,
+    /// the first and any again, sends the same bytes.
+    pub fn of(event: &Event, version: u32, trace: &TraceContext) -> Emitted {
+        let encoded = wire::encode(event, version);
         Emitted {
             event_id: event.event_id.to_string(),
             topic: event.body.topic().to_owned(),
-            payload: serde_json::to_string(event).unwrap_or_default(),
-            attributes: event
-                .attributes()
+            payload: encoded.data,
+            attributes: encoded
+                .attributes
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .chain([(TRACEPARENT.to_owned(), trace.to_string())])
@@ -147,6 +150,16 @@ impl Emitted {
 
     pub fn event_type(&self) -> &str {
         self.attributes.get("type").map_or("", String::as_str)
+    }
+
+    /// The event, read back in whichever version it was written (any this build knows).
+    pub fn event(&self) -> Result<Event, wire::Undecodable> {
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        wire::decode(self.payload.as_bytes(), &attributes, wire::CURRENT)
     }
 }
 
@@ -315,12 +328,10 @@ mod tests {
             },
         );
         let trace = TraceContext::root();
-        let emitted = Emitted::of(&event, &trace);
+        let emitted = Emitted::of(&event, wire::CURRENT, &trace);
         assert_eq!(emitted.event_type(), "order-created");
         assert_eq!(emitted.attributes[TRACEPARENT], trace.to_string());
-        assert_eq!(
-            serde_json::from_str::<Event>(&emitted.payload).unwrap(),
-            event
-        );
+        assert_eq!(emitted.attributes[wire::VERSION], wire::CURRENT.to_string());
+        assert_eq!(emitted.event().unwrap(), event);
     }
 }

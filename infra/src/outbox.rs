@@ -40,6 +40,10 @@ pub struct SweepReport {
     pub due: usize,
     pub republished: usize,
     pub failed: usize,
+    /// Orders due that no build can read (logged as errors; retrying would not help, so the
+    /// sweep does not fail for them).
+    #[serde(default)]
+    pub unreadable: usize,
 }
 
 /// Orders a sweep reads in one page.
@@ -60,10 +64,13 @@ pub async fn sweep_pending(
     let mut after = None;
     loop {
         let page = store
-            .orders_due(&[OrderStatus::Pending], cutoff, after, SWEEP_PAGE)
+            .orders_due(&[OrderStatus::Pending], cutoff, after.as_ref(), SWEEP_PAGE)
             .await?;
-        after = page.last().map(|o| o.updated_at);
-        for order in &page {
+        for (order_id, error) in &page.undecodable {
+            report.unreadable += 1;
+            tracing::error!(%order_id, %error, "order not readable; the sweep goes on without it");
+        }
+        for order in &page.orders {
             let Some(emitted) = order.step(step).and_then(|r| r.emitted.as_ref()) else {
                 continue;
             };
@@ -76,9 +83,10 @@ pub async fn sweep_pending(
                 }
             }
         }
-        if page.len() < SWEEP_PAGE as usize {
+        if !page.full {
             break;
         }
+        after = page.next;
     }
     if report.due > 0 {
         tracing::info!(?report, "outbox swept");

@@ -1,6 +1,8 @@
 //! The Pub/Sub push envelope: what Pub/Sub POSTs to a push endpoint, and its decoding into an
 //! [`Event`]. Decoding never panics: anything that is not a valid envelope carrying a valid
-//! event is a [`Poison`] reason, and the runtime parks it.
+//! event is a [`Poison`] reason, and the runtime parks it; an event of a schema version newer
+//! than this revision reads is [`NotDecoded::Newer`], and the runtime asks for it again
+//! ([`crate::events::wire`]).
 
 use std::collections::HashMap;
 
@@ -9,6 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use crate::events::Event;
+use crate::events::wire::{self, Undecodable};
 
 /// The JSON body of a push delivery.
 #[derive(Debug, Deserialize)]
@@ -80,32 +83,71 @@ pub struct Delivery {
     pub event: Event,
 }
 
-/// Decodes a push body into its envelope and event.
-pub fn decode(body: &[u8]) -> Result<Delivery, Poison> {
-    let envelope: PushEnvelope = serde_json::from_slice(body).map_err(|e| Poison {
-        reason: format!("not a Pub/Sub push envelope: {e}"),
-        message_id: None,
+/// Why a delivery was not decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotDecoded {
+    /// It can never be: park it.
+    Poison(Poison),
+    /// Its event is in a schema version newer than `accept`, the newest this revision reads:
+    /// a newer revision will read it, so it must come again, not be parked.
+    Newer {
+        message_id: String,
+        version: u32,
+        accept: u32,
+    },
+}
+
+/// Decodes a push body into its envelope and event, reading event versions up to `accept`.
+pub fn decode(body: &[u8], accept: u32) -> Result<Delivery, NotDecoded> {
+    let envelope: PushEnvelope = serde_json::from_slice(body).map_err(|e| {
+        NotDecoded::Poison(Poison {
+            reason: format!("not a Pub/Sub push envelope: {e}"),
+            message_id: None,
+        })
     })?;
-    let poison = |reason: String| Poison {
-        reason,
-        message_id: Some(envelope.message.message_id.clone()),
+    let message_id = envelope.message.message_id.clone();
+    let poison = |reason: String| {
+        NotDecoded::Poison(Poison {
+            reason,
+            message_id: Some(message_id.clone()),
+        })
     };
     let data = STANDARD
         .decode(envelope.message.data.as_bytes())
         .map_err(|e| poison(format!("message data is not base64: {e}")))?;
-    let event: Event = serde_json::from_slice(&data)
-        .map_err(|e| poison(format!("message data is not a saga event: {e}")))?;
+    let event = match wire::decode(&data, &envelope.message.attributes, accept) {
+        Ok(event) => event,
+        Err(Undecodable::Poison(reason)) => return Err(poison(reason)),
+        Err(Undecodable::Newer { version, accept }) => {
+            return Err(NotDecoded::Newer {
+                message_id,
+                version,
+                accept,
+            });
+        }
+    };
     Ok(Delivery { envelope, event })
 }
 
-/// Builds a push body the way Pub/Sub does, for tests and tools.
+/// Builds a push body the way Pub/Sub does, for tests and tools: the event in the current
+/// version.
 pub fn encode(subscription: &str, message_id: &str, event: &Event) -> serde_json::Value {
-    let data = serde_json::to_vec(event).unwrap_or_default();
-    let attributes: HashMap<_, _> = event.attributes().into_iter().collect();
+    encode_in(subscription, message_id, event, wire::CURRENT)
+}
+
+/// [`encode`], with the event written in `version`.
+pub fn encode_in(
+    subscription: &str,
+    message_id: &str,
+    event: &Event,
+    version: u32,
+) -> serde_json::Value {
+    let encoded = wire::encode(event, version);
+    let attributes: HashMap<_, _> = encoded.attributes.into_iter().collect();
     serde_json::json!({
         "subscription": subscription,
         "message": {
-            "data": STANDARD.encode(data),
+            "data": STANDARD.encode(encoded.data),
             "attributes": attributes,
             "messageId": message_id,
             "publishTime": event.occurred_at.to_string(),
@@ -137,7 +179,7 @@ mod tests {
     fn a_well_formed_push_decodes_to_its_event() {
         let e = event();
         let body = encode("projects/p/subscriptions/s", "42", &e).to_string();
-        let d = decode(body.as_bytes()).unwrap();
+        let d = decode(body.as_bytes(), wire::CURRENT).unwrap();
         assert_eq!(d.event, e);
         assert_eq!(d.envelope.message.message_id, "42");
         assert_eq!(d.envelope.message.attributes["type"], "order-created");
@@ -149,7 +191,7 @@ mod tests {
         let body = format!(
             r#"{{"subscription":"s","message":{{"data":"{data}","messageId":"7","publishTime":"2026-01-01T00:00:00Z"}}}}"#
         );
-        let d = decode(body.as_bytes()).unwrap();
+        let d = decode(body.as_bytes(), wire::CURRENT).unwrap();
         assert_eq!(d.envelope.message.delivery_attempt, None);
     }
 
@@ -161,28 +203,52 @@ mod tests {
             "publishTime":"2026-01-01T00:00:00Z","publish_time":"2026-01-01T00:00:00Z"}},
             "subscription":"s"}}"#
         );
-        let d = decode(body.as_bytes()).unwrap();
+        let d = decode(body.as_bytes(), wire::CURRENT).unwrap();
         assert_eq!(d.envelope.message.message_id, "7");
         let body = format!(r#"{{"message":{{"data":"{data}","message_id":"8"}}}}"#);
         assert_eq!(
-            decode(body.as_bytes()).unwrap().envelope.message.message_id,
+            decode(body.as_bytes(), wire::CURRENT)
+                .unwrap()
+                .envelope
+                .message
+                .message_id,
             "8"
         );
     }
 
     #[test]
     fn garbage_is_poison_with_a_reason() {
-        let p = decode(b"not json").unwrap_err();
+        let poison = |body: &[u8]| match decode(body, wire::CURRENT) {
+            Err(NotDecoded::Poison(p)) => p,
+            other => panic!("not poison: {other:?}"),
+        };
+        let p = poison(b"not json");
         assert!(p.reason.contains("not a Pub/Sub push envelope"), "{p:?}");
         assert_eq!(p.message_id, None);
 
-        let p = decode(br#"{"message":{"data":"!!!","messageId":"9"}}"#).unwrap_err();
+        let p = poison(br#"{"message":{"data":"!!!","messageId":"9"}}"#);
         assert!(p.reason.contains("base64"), "{p:?}");
         assert_eq!(p.message_id.as_deref(), Some("9"));
 
         let data = STANDARD.encode(br#"{"type":"order-teleported"}"#);
         let body = format!(r#"{{"message":{{"data":"{data}","messageId":"10"}}}}"#);
-        let p = decode(body.as_bytes()).unwrap_err();
+        let p = poison(body.as_bytes());
         assert!(p.reason.contains("not a saga event"), "{p:?}");
+    }
+
+    #[test]
+    fn an_event_newer_than_this_revision_reads_is_not_poison() {
+        let body = encode("s", "11", &event()).to_string();
+        assert_eq!(
+            decode(body.as_bytes(), 1).unwrap_err(),
+            NotDecoded::Newer {
+                message_id: "11".into(),
+                version: wire::CURRENT,
+                accept: 1
+            }
+        );
+        let e = event();
+        let old = encode_in("s", "12", &e, 1).to_string();
+        assert_eq!(decode(old.as_bytes(), 1).unwrap().event, e);
     }
 }

@@ -37,7 +37,7 @@ use crate::events::{Event, EventBody, FailureReason};
 use crate::order::{Duplicate, Emitted, IllegalMove, OrderDoc, StepRecord};
 use crate::outbox::{self, SweepReport};
 use crate::publisher::PublishError;
-use crate::push::{self, Poison};
+use crate::push::{self, NotDecoded, Poison};
 use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
 use crate::store::{ParkedMessage, StoreError, Tx, collections};
@@ -166,6 +166,10 @@ pub enum PushError {
     InjectedCrash,
     #[error("too early, will retry: {0}")]
     NotYet(String),
+    /// An event in a schema version newer than this revision reads: during a rollout, a
+    /// newer revision will take it (never parked: it is not poison).
+    #[error("event schema version {version} is newer than this revision reads ({accept})")]
+    NewerVersion { version: u32, accept: u32 },
     #[error("sweep left events unpublished: {0:?}")]
     SweepIncomplete(SweepReport),
 }
@@ -175,6 +179,8 @@ impl IntoResponse for PushError {
         // Logged once, here, with the span of the delivery.
         if let PushError::NotYet(_) = &self {
             tracing::info!(error = %self, "delivery early, Pub/Sub will redeliver");
+        } else if let PushError::NewerVersion { .. } = &self {
+            tracing::warn!(error = %self, "event from a newer revision, Pub/Sub will redeliver");
         } else {
             tracing::error!(error = %self, "delivery failed, Pub/Sub will redeliver");
         }
@@ -182,6 +188,10 @@ impl IntoResponse for PushError {
         // (a Firestore or publish error's own text) is in the log line above, not here.
         let error = match &self {
             PushError::NotYet(why) => format!("too early, will retry: {why}"),
+            PushError::NewerVersion { .. } => {
+                "the event is newer than this revision reads, retry (a newer revision will)"
+                    .to_owned()
+            }
             PushError::SweepIncomplete(report) => {
                 format!(
                     "{} of {} left unpublished, will retry",
@@ -294,9 +304,12 @@ async fn handle<S: Step>(
     State(state): State<Arc<StepState<S>>>,
     body: Bytes,
 ) -> Result<Json<Ack>, PushError> {
-    let delivery = match push::decode(&body) {
+    let delivery = match push::decode(&body, state.runtime.config.event_versions.accept) {
         Ok(delivery) => delivery,
-        Err(poison) => return park(&state, &body, poison).await.map(Json),
+        Err(NotDecoded::Poison(poison)) => return park(&state, &body, poison).await.map(Json),
+        Err(NotDecoded::Newer {
+            version, accept, ..
+        }) => return Err(PushError::NewerVersion { version, accept }),
     };
     let kind = delivery.event.body.kind();
     if !S::ACCEPTS.contains(&kind) {
@@ -365,6 +378,7 @@ async fn process<S: Step>(
     delivery_id: &str,
 ) -> Result<Ack, PushError> {
     let store = &state.runtime.store;
+    let emit_version = state.runtime.config.event_versions.emit;
     let order_id = event.order_id.to_string();
     let event = Arc::new(event);
     let ran = store
@@ -399,8 +413,9 @@ async fn process<S: Step>(
                     outcome: summary,
                     at: now,
                     trace_id: trace.trace_id_hex(),
-                    emitted: emit
-                        .map(|body| Emitted::of(&Event::new(event.order_id, body), &trace)),
+                    emitted: emit.map(|body| {
+                        Emitted::of(&Event::new(event.order_id, body), emit_version, &trace)
+                    }),
                 };
                 order.record(record.clone());
                 order.updated_at = now;

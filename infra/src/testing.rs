@@ -209,3 +209,24 @@ pub fn order_at(status: crate::events::OrderStatus, quantity: u32) -> crate::ord
     }
     order
 }
+
+/// An order document no build can read (its quantity is not a number), but which the sweeps'
+/// query matches: `status` and a real timestamp `updated_at`. A bad write, or one by a
+/// future build, that a sweep must step over.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct UnreadableOrder {
+    pub status: crate::events::OrderStatus,
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub updated_at: jiff::Timestamp,
+    pub quantity: String,
+}
+
+impl UnreadableOrder {
+    pub fn pending_since(updated_at: jiff::Timestamp) -> UnreadableOrder {
+        UnreadableOrder {
+            status: crate::events::OrderStatus::Pending,
+            updated_at,
+            quantity: "many".into(),
+        }
+    }
+}

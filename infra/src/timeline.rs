@@ -135,7 +135,7 @@ pub async fn emitted_between(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Event, EventBody, OrderDetails};
+    use crate::events::{Event, EventBody, OrderDetails, wire};
     use crate::order::{Duplicate, Emitted, StepRecord};
     use crate::trace::TraceContext;
 
@@ -159,7 +159,7 @@ mod tests {
             outcome: "order created".into(),
             at: t0,
             trace_id: "t".into(),
-            emitted: Some(Emitted::of(&created, &TraceContext::root())),
+            emitted: Some(Emitted::of(&created, wire::CURRENT, &TraceContext::root())),
         });
         order.duplicates.push(Duplicate {
             step: "order".into(),

@@ -77,7 +77,6 @@ async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered
         id,
         EventBody::InventoryReserved {
             order: order.clone(),
-            unit_price: 10,
             amount: 30,
         },
     );

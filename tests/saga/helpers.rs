@@ -10,7 +10,7 @@ use saga::check::{Baseline, check_settled};
 use saga_emulator::{AuthEmulator, Emulator, Kind, Overrides, SeedMode};
 use saga_infra::config::{Config, FirebaseAuth, Limits, UserAuth};
 use saga_infra::events::Event;
-use saga_infra::order::OrderDoc;
+use saga_infra::order::{OrderDoc, StepRecord};
 use saga_infra::runtime::{Runtime, Server};
 use saga_infra::store::{ItemDoc, Store, UserDoc, collections};
 use saga_infra::telemetry::{CloudLogging, MemoryWriter};
@@ -150,6 +150,21 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// One revision of a function, serving on its own port beside the app's (a rolling deploy
+/// runs two side by side).
+pub struct Revision {
+    pub addr: std::net::SocketAddr,
+    running: Running,
+}
+
+impl Revision {
+    /// Stops it once the requests it is serving are answered.
+    pub async fn stop(self) {
+        let _ = self.running.stop.send(());
+        let _ = self.running.task.await;
+    }
+}
+
 pub struct TestApp {
     pub project: String,
     pub config: Config,
@@ -240,6 +255,23 @@ impl TestApp {
     }
 
     async fn start_with(&mut self, function: Function, port: u16, tweak: impl FnOnce(&mut Config)) {
+        let revision = self.serve(function, port, tweak).await;
+        self.ports.insert(function, revision.addr.port());
+        self.running.insert(function, revision.running);
+    }
+
+    /// Starts a revision of `function`, its configuration changed by `tweak`, on a port of
+    /// its own; the app's own instance of it is left as it is.
+    pub async fn revision(&self, function: Function, tweak: impl FnOnce(&mut Config)) -> Revision {
+        self.serve(function, 0, tweak).await
+    }
+
+    async fn serve(
+        &self,
+        function: Function,
+        port: u16,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Revision {
         let mut config = Config {
             port,
             ..self.config.clone()
@@ -251,7 +283,7 @@ impl TestApp {
         let server = Server::bind(function, &config, saga::router_for(function)(runtime))
             .await
             .expect("binding a function");
-        self.ports.insert(function, server.local_addr().port());
+        let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = server
@@ -260,7 +292,10 @@ impl TestApp {
                 })
                 .await;
         });
-        self.running.insert(function, Running { stop, task });
+        Revision {
+            addr,
+            running: Running { stop, task },
+        }
     }
 
     /// Stops `function` (its port refuses connections until it is started again).
@@ -354,6 +389,34 @@ impl TestApp {
                 Instant::now() < deadline,
                 "order {id} is not terminal: {order}"
             );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the order has `status`.
+    pub async fn wait_for_status(&self, id: Uuid, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let order = self.get_order(id).await;
+            if order["status"] == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {status}: {order}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `step` has a record on the order, and returns it.
+    pub async fn wait_for_step(&self, id: Uuid, step: &str) -> StepRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(record) = self.order_doc(id).await.and_then(|o| o.step(step).cloned()) {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "{step} never ran for {id}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -468,7 +531,13 @@ impl TestApp {
                 .expect("pull");
             let ack_ids: Vec<String> = received.iter().map(|m| m.ack_id.clone()).collect();
             for m in received {
-                let event = serde_json::from_slice(&m.data).expect("an event");
+                let attributes = m.attributes.clone().into_iter().collect();
+                let event = saga_infra::events::wire::decode(
+                    &m.data,
+                    &attributes,
+                    saga_infra::events::wire::CURRENT,
+                )
+                .expect("an event");
                 messages.push((event, m.attributes));
             }
             if ack_ids.is_empty() {

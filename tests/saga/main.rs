@@ -8,6 +8,7 @@ mod cloud_run;
 mod dead_letters;
 mod deploy;
 mod duplicates;
+mod evolving;
 mod failures;
 mod faults;
 mod happy_path;

@@ -331,16 +331,15 @@ async fn orders_due_come_page_by_page_oldest_change_first() {
     let mut after = None;
     loop {
         let page = store
-            .orders_due(&[OrderStatus::Pending], cutoff, after, 2)
+            .orders_due(&[OrderStatus::Pending], cutoff, after.as_ref(), 2)
             .await
             .unwrap();
-        after = page.last().map(|o| o.updated_at);
-        let ids: Vec<String> = page.into_iter().map(|o| o.order_id).collect();
-        let done = ids.len() < 2;
+        let ids: Vec<String> = page.orders.into_iter().map(|o| o.order_id).collect();
         pages.push(ids);
-        if done {
+        if !page.full {
             break;
         }
+        after = page.next;
     }
     // Then they come in order, the COMPLETED one and the one changed later left out
     assert_eq!(

@@ -200,6 +200,7 @@ fn accepted(
     key: Option<&str>,
     fingerprint: Option<String>,
     trace: &TraceContext,
+    version: u32,
     now: Timestamp,
 ) -> OrderDoc {
     let mut doc = OrderDoc::new(order_id, order, now);
@@ -217,7 +218,7 @@ fn accepted(
         outcome: "accepted".to_owned(),
         at: now,
         trace_id: trace.trace_id_hex(),
-        emitted: Some(Emitted::of(&event, trace)),
+        emitted: Some(Emitted::of(&event, version, trace)),
     });
     doc
 }
@@ -232,6 +233,7 @@ async fn accept(
     let fingerprint = serde_json::to_string(&order).unwrap_or_default();
     let id = order_id.to_string();
     let rt = &app.rt;
+    let version = rt.config.event_versions.emit;
     let accepted = rt
         .store
         .transaction("accept order", |mut tx| {
@@ -241,7 +243,7 @@ async fn accept(
                 let now = Timestamp::now();
                 let Some(key) = &key else {
                     // A new id: created without a read, on the condition that it is new.
-                    let doc = accepted(order_id, &order, None, None, &trace, now);
+                    let doc = accepted(order_id, &order, None, None, &trace, version, now);
                     tx.create(collections::ORDERS, &id, &doc)?;
                     return Ok(Accepted::New(Box::new(doc)));
                 };
@@ -254,7 +256,15 @@ async fn accept(
                         },
                     );
                 }
-                let doc = accepted(order_id, &order, Some(key), Some(fingerprint), &trace, now);
+                let doc = accepted(
+                    order_id,
+                    &order,
+                    Some(key),
+                    Some(fingerprint),
+                    &trace,
+                    version,
+                    now,
+                );
                 tx.set(collections::ORDERS, &id, &doc)?;
                 Ok(Accepted::New(Box::new(doc)))
             }

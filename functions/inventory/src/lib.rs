@@ -19,14 +19,12 @@ pub enum Decision {
         order: OrderDoc,
         /// The item with its stock already taken.
         item: ItemDoc,
-        unit_price: i64,
         amount: i64,
     },
     /// A sharded (hot) item: take the stock shard by shard, see [`plan_shards`].
     ReserveFromShards {
         order: OrderDoc,
         shards: u32,
-        unit_price: i64,
         amount: i64,
     },
     Reject(OrderDoc, FailureReason),
@@ -53,12 +51,10 @@ pub fn decide(order: Option<OrderDoc>, item: Option<ItemDoc>, quantity: i64) -> 
     let Some(amount) = item.price.checked_mul(quantity) else {
         return Decision::Reject(order, FailureReason::InsufficientFunds);
     };
-    let unit_price = item.price;
     if let Some(shards) = item.shards.filter(|k| *k > 0) {
         return Decision::ReserveFromShards {
             order,
             shards,
-            unit_price,
             amount,
         };
     }
@@ -71,7 +67,6 @@ pub fn decide(order: Option<OrderDoc>, item: Option<ItemDoc>, quantity: i64) -> 
             stock: item.stock - quantity,
             ..item
         },
-        unit_price,
         amount,
     }
 }
@@ -113,7 +108,6 @@ pub fn plan_shards(visited: &[(u32, i64)], quantity: i64) -> Option<Vec<Allocati
 fn reserved(
     mut order: OrderDoc,
     allocations: Vec<Allocation>,
-    unit_price: i64,
     amount: i64,
 ) -> Result<Outcome, StepError> {
     let from = if allocations.is_empty() {
@@ -133,7 +127,6 @@ fn reserved(
         order,
         event: EventBody::InventoryReserved {
             order: details,
-            unit_price,
             amount,
         },
     })
@@ -163,16 +156,14 @@ impl Step for InventoryStep {
                 Decision::Reserve {
                     order,
                     item,
-                    unit_price,
                     amount,
                 } => {
                     tx.set(collections::INVENTORY, &details.item, &item)?;
-                    reserved(order, Vec::new(), unit_price, amount)?
+                    reserved(order, Vec::new(), amount)?
                 }
                 Decision::ReserveFromShards {
                     order,
                     shards,
-                    unit_price,
                     amount,
                 } => {
                     let mut visited = Vec::new();
@@ -213,7 +204,7 @@ impl Step for InventoryStep {
                             },
                         )?;
                     }
-                    reserved(order, allocations, unit_price, amount)?
+                    reserved(order, allocations, amount)?
                 }
                 Decision::Reject(order, reason) => step::fail_saga(order, reason, Self::NAME)?,
                 Decision::Skip(order, why) => Outcome::Done {
@@ -253,7 +244,6 @@ mod tests {
             d,
             Decision::ReserveFromShards {
                 shards: 4,
-                unit_price: 10,
                 amount: 30,
                 ..
             }
@@ -295,16 +285,10 @@ mod tests {
             Some(WIDGETS),
             5,
         );
-        let Decision::Reserve {
-            item,
-            unit_price,
-            amount,
-            ..
-        } = d
-        else {
+        let Decision::Reserve { item, amount, .. } = d else {
             panic!("{d:?}");
         };
-        assert_eq!((item.stock, unit_price, amount), (15, 10, 50));
+        assert_eq!((item.stock, amount), (15, 50));
     }
 
     #[test]

@@ -126,9 +126,7 @@ impl Step for DeadLetterStep {
 /// The event `payments` recorded for a completed order.
 fn last_event(order: &OrderDoc) -> Option<EventBody> {
     let emitted = order.step("payments")?.emitted.as_ref()?;
-    serde_json::from_str::<Event>(&emitted.payload)
-        .ok()
-        .map(|e| e.body)
+    emitted.event().ok().map(|e| e.body)
 }
 
 /// Undoes what was done for the order, in the step's transaction. If the failure overtook
@@ -238,6 +236,9 @@ pub struct TimeoutReport {
     /// Of those, not compensated now (an error, logged): the next sweep tries again.
     #[serde(default)]
     pub failed: usize,
+    /// Of those, documents no build can read: left alone and logged as errors.
+    #[serde(default)]
+    pub unreadable: usize,
 }
 
 /// Statuses a saga can be stuck in. PENDING among them: an order accepted whose request
@@ -267,10 +268,14 @@ async fn sweep_timeouts(State(runtime): State<Runtime>) -> Result<Json<TimeoutRe
     loop {
         let page = runtime
             .store
-            .orders_due(&UNFINISHED, cutoff, after, SWEEP_PAGE)
+            .orders_due(&UNFINISHED, cutoff, after.as_ref(), SWEEP_PAGE)
             .await?;
-        after = page.last().map(|o| o.updated_at);
-        for order in &page {
+        for (order_id, error) in &page.undecodable {
+            report.stuck += 1;
+            report.unreadable += 1;
+            tracing::error!(%order_id, %error, "stuck order not readable, left alone; the sweep goes on");
+        }
+        for order in &page.orders {
             report.stuck += 1;
             let Some(order_id) = order.order_uuid() else {
                 tracing::warn!(order_id = %order.order_id, "order with a malformed id left alone");
@@ -295,9 +300,10 @@ async fn sweep_timeouts(State(runtime): State<Runtime>) -> Result<Json<TimeoutRe
                 }
             }
         }
-        if page.len() < SWEEP_PAGE as usize {
+        if !page.full {
             break;
         }
+        after = page.next;
     }
     Ok(Json(report))
 }

@@ -1,4 +1,5 @@
-//! Event contracts: what travels on the topics, and the order states it drives.
+//! Event contracts: what travels on the topics, and the order states it drives. How they
+//! are written and read on the wire, by schema version: [`wire`].
 //!
 //! An event's id is derived from the order id and what the event says (UUIDv5), so a step
 //! that runs again for the same order can only ever emit the same id: consumers dedupe on it.
@@ -8,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::topology::topics;
+
+pub mod wire;
 
 /// The order as the user asked for it; carried by every event so no step needs to look it up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,12 +65,9 @@ pub enum EventBody {
     OrderRequested { order: OrderDetails },
     /// order → `order-created`: the order document exists.
     OrderCreated { order: OrderDetails },
-    /// inventory → `inventory-updated`: stock is reserved for the order.
-    InventoryReserved {
-        order: OrderDetails,
-        unit_price: i64,
-        amount: i64,
-    },
+    /// inventory → `inventory-updated`: stock is reserved for the order, `amount` to pay.
+    /// (Version 1 also carried `unit_price`: [`wire`].)
+    InventoryReserved { order: OrderDetails, amount: i64 },
     /// payments → `payment-created`: the user was charged.
     PaymentCreated { order: OrderDetails, amount: i64 },
     /// any step → `error`: the saga cannot complete and must be compensated.

@@ -31,6 +31,26 @@ use crate::config::Endpoint;
 use crate::events::OrderStatus;
 use crate::meter::Meter;
 
+/// Where a page of [`Store::orders_due`] ended: the last order's change time and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCursor {
+    pub updated_at: Timestamp,
+    pub name: String,
+}
+
+/// A page of [`Store::orders_due`].
+#[derive(Debug, Default)]
+pub struct DuePage {
+    pub orders: Vec<OrderDoc>,
+    /// Documents that matched but cannot be read as orders, by id, with why: a sweep
+    /// counts and logs them, and goes on with the others.
+    pub undecodable: Vec<(String, String)>,
+    /// Where the next page starts.
+    pub next: Option<DueCursor>,
+    /// Whether the page was full: another may follow.
+    pub full: bool,
+}
+
 /// A Firestore failure, with what we were doing when it happened.
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {source}")]
@@ -198,6 +218,55 @@ impl Store {
             .context(format!("deleting {collection}/{id}"))
     }
 
+    /// This store as of one instant, the server's now: every read through the copy sees the
+    /// same snapshot of the database, so what is read in several requests (an audit of the
+    /// orders against the stock) is consistent. Firestore keeps versions an hour back.
+    pub async fn snapshot(&self) -> Result<Store, StoreError> {
+        use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
+        let what = || "reading the database's time for a snapshot".to_owned();
+        // The server's clock, not ours: a batch get answers with the time it read at, and a
+        // missing document is an answer.
+        let request = BatchGetDocumentsRequest {
+            database: self.db.get_database_path().clone(),
+            documents: vec![format!(
+                "{}/{}/snapshot-clock",
+                self.db.get_documents_path(),
+                collections::INVENTORY
+            )],
+            mask: None,
+            request_options: None,
+            consistency_selector: None,
+        };
+        self.meter.read(1);
+        let mut responses = self
+            .db
+            .client()
+            .get()
+            .batch_get_documents(request)
+            .await
+            .map_err(FirestoreError::from)
+            .context(what())?
+            .into_inner();
+        let mut read_time = None;
+        while let Some(response) = responses
+            .message()
+            .await
+            .map_err(FirestoreError::from)
+            .context(what())?
+        {
+            read_time = read_time.or(response.read_time);
+        }
+        let at = read_time
+            .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
+            .unwrap_or_else(Timestamp::now);
+        Ok(Store {
+            db: self.db.clone_with_consistency_selector(
+                firestore::FirestoreConsistencySelector::ReadTime(at),
+            ),
+            meter: self.meter.clone(),
+        })
+    }
+
     /// Every document of a collection with its id (for checks, seeding and tools; not for
     /// request paths).
     pub async fn all<T>(&self, collection: &str) -> Result<Vec<(String, T)>, StoreError>
@@ -231,16 +300,18 @@ impl Store {
     }
 
     /// Orders whose status is one of `statuses` and that last changed at or before
-    /// `changed_before`, oldest change first: a page of at most `limit`, starting after the
-    /// order that last changed at `after` (the previous page's last one). Firestore needs a
-    /// composite index on (status, updated_at) for this (terraform/main.tf).
+    /// `changed_before`, oldest change first (then by id): a page of at most `limit`,
+    /// starting after `after` (the previous page's [`DuePage::next`]). Each document is
+    /// decoded on its own: one that cannot be is in [`DuePage::undecodable`] and the others
+    /// still come. Firestore needs a composite index on (status, updated_at) for this
+    /// (terraform/main.tf); the id order is the index's implicit last field.
     pub async fn orders_due(
         &self,
         statuses: &[OrderStatus],
         changed_before: Timestamp,
-        after: Option<Timestamp>,
+        after: Option<&DueCursor>,
         limit: u32,
-    ) -> Result<Vec<OrderDoc>, StoreError> {
+    ) -> Result<DuePage, StoreError> {
         let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         let query = self
             .db
@@ -254,19 +325,51 @@ impl Store {
                         .less_than_or_equal(FirestoreTimestamp(changed_before)),
                 ])
             })
-            .order(|o| o.fields([o.field("updated_at").asc()]))
+            .order(|o| o.fields([o.field("updated_at").asc(), o.field("__name__").asc()]))
             .limit(limit);
         let query = match after {
-            Some(t) => query.start_at(firestore::FirestoreQueryCursor::AfterValue(vec![
-                FirestoreTimestamp(t).into(),
+            // After the last one seen, by (updated_at, name): orders changed in the same
+            // instant as the page's last are neither skipped nor read twice.
+            Some(cursor) => query.start_at(firestore::FirestoreQueryCursor::AfterValue(vec![
+                FirestoreTimestamp(cursor.updated_at).into(),
+                firestore::FirestoreValue::from(firestore::gcloud_sdk::google::firestore::v1::Value {
+                    value_type: Some(
+                        firestore::gcloud_sdk::google::firestore::v1::value::ValueType::ReferenceValue(
+                            cursor.name.clone(),
+                        ),
+                    ),
+                }),
             ])),
             None => query,
         };
-        let orders: Vec<OrderDoc> = query.obj().query().await.context(format!(
+        let docs = query.query().await.context(format!(
             "querying orders {statuses:?} changed before {changed_before}"
         ))?;
-        self.meter.query(orders.len());
-        Ok(orders)
+        self.meter.query(docs.len());
+        let mut page = DuePage {
+            full: docs.len() >= limit as usize,
+            ..DuePage::default()
+        };
+        for doc in &docs {
+            let id = doc.name.rsplit('/').next().unwrap_or_default().to_owned();
+            match FirestoreDb::deserialize_doc_to::<OrderDoc>(doc) {
+                Ok(order) => page.orders.push(order),
+                Err(error) => page.undecodable.push((id, error.to_string())),
+            }
+        }
+        page.next = docs.last().and_then(|doc| {
+            let updated_at = match doc.fields.get("updated_at")?.value_type.as_ref()? {
+                firestore::gcloud_sdk::google::firestore::v1::value::ValueType::TimestampValue(
+                    t,
+                ) => Timestamp::new(t.seconds, t.nanos).ok()?,
+                _ => return None,
+            };
+            Some(DueCursor {
+                updated_at,
+                name: doc.name.clone(),
+            })
+        });
+        Ok(page)
     }
 
     /// The status of each of these orders (`None`: no such order), in one batch get that
