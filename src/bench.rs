@@ -381,6 +381,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         sweep_interval: args.sweep_interval,
         auth: false,
         auth_port: 0,
+        control_port: 0,
         // The bench is one client placing every order: it raises the per-client limit for
         // itself (a million orders a second, a million at once).
         post_rate: Some(BENCH_POST_RATE),

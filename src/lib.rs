@@ -7,6 +7,7 @@ pub mod bench_floor;
 pub mod check;
 pub mod ops;
 pub mod pubsub_rest;
+pub mod supervisor;
 pub mod up;
 
 use axum::Router;

@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::check::Mode;
 use crate::ops::Target;
+use crate::supervisor::{self, Control, Restart, Spawn};
 
 /// Set by `saga up` on the functions it starts: its pid, so they stop when it is gone.
 pub const PARENT_ENV: &str = "SAGA_UP_PARENT_PID";
@@ -62,6 +63,9 @@ pub struct UpArgs {
     /// Port of the Firebase Authentication emulator (with --auth).
     #[arg(long, default_value_t = 9099)]
     pub auth_port: u16,
+    /// Port of the control endpoint `saga stop FUNCTION` and `saga start FUNCTION` use.
+    #[arg(long, default_value_t = supervisor::DEFAULT_CONTROL_PORT)]
+    pub control_port: u16,
     /// Orders a second each client may place (the frontend's rate limit, `SAGA_POST_RATE`);
     /// the function's default (5, and 20 at once) if not given.
     #[arg(long, value_name = "PER_SECOND")]
@@ -190,7 +194,8 @@ pub struct Stack {
     pub logs: Vec<PathBuf>,
     /// The Firebase Authentication emulator, with `--auth`.
     pub auth: Option<AuthEmulator>,
-    children: BTreeMap<Function, Child>,
+    /// The functions' processes, restarted when they die, stopped and started on demand.
+    pub control: Control,
 }
 
 impl Stack {
@@ -270,10 +275,34 @@ impl Stack {
                     args.port_of(function),
                     log.as_deref(),
                     args.sweep_interval,
+                    Restart::First,
                 )?,
             );
         }
         let ready = wait_healthy(args, &launched, &mut children).await?;
+        let spawn: Spawn = {
+            let (launcher, config, args) = (launcher.clone(), config.clone(), args.clone());
+            Box::new(move |function, restart| {
+                let log = args
+                    .function_logs
+                    .then(|| args.log_dir.join(format!("{}.log", function.name())));
+                spawn_function(
+                    &launcher,
+                    function,
+                    &config,
+                    args.port_of(function),
+                    log.as_deref(),
+                    args.sweep_interval,
+                    restart,
+                )
+                .map_err(|e| e.to_string())
+            })
+        };
+        let ports: BTreeMap<Function, u16> = Function::ALL
+            .iter()
+            .map(|f| (*f, args.port_of(*f)))
+            .collect();
+        let control = supervisor::supervise(children, ports, spawn);
         Ok(Stack {
             config,
             ports: Function::ALL
@@ -286,35 +315,43 @@ impl Stack {
             launcher,
             logs,
             auth,
-            children,
+            control,
         })
     }
 
     /// The process id of a function.
     pub fn pid(&self, function: Function) -> Option<u32> {
-        self.children.get(&function).and_then(Child::id)
+        self.control.pid(function)
     }
 
     /// Stops the functions (gracefully), then the emulators it started.
     pub async fn stop(mut self) {
-        stop(&mut self.children).await;
+        self.control.shutdown().await;
         for mut emulator in self.emulators.drain(..) {
             emulator.stop();
         }
     }
 }
 
-/// Runs the stack until Ctrl-C (or a function dies), then stops everything it started.
+/// Runs the stack until Ctrl-C, restarting a function that dies and serving the control
+/// port (`saga stop`, `saga start`), then stops everything it started.
 pub async fn up(args: UpArgs) -> Result<(), UpError> {
-    let mut stack = Stack::start(&args).await?;
+    let control = tokio::net::TcpListener::bind(("127.0.0.1", args.control_port))
+        .await
+        .map_err(|e| {
+            UpError::Io(format!(
+                "the control port {}: {e}; choose another with --control-port",
+                args.control_port
+            ))
+        })?;
+    let stack = Stack::start(&args).await?;
+    let server = tokio::spawn(supervisor::serve_control(stack.control.clone(), control));
     print_banner(&args, &stack.config, stack.seeded);
-    let result = tokio::select! {
-        _ = saga_infra::runtime::shutdown_signal() => Ok(()),
-        exited = first_exit(&mut stack.children) => Err(exited),
-    };
+    saga_infra::runtime::shutdown_signal().await;
+    server.abort();
     stack.stop().await;
     eprintln!("Stopped the functions and the emulators it started.");
-    result
+    Ok(())
 }
 
 /// The Firebase Authentication emulator on `--auth-port`, with the demo users (their ids are
@@ -415,9 +452,10 @@ fn spawn_function(
     port: u16,
     log: Option<&std::path::Path>,
     sweep_interval: u64,
+    restart: Restart,
 ) -> Result<Child, UpError> {
     let stderr = match log {
-        Some(path) => std::fs::File::create(path)
+        Some(path) => supervisor::log_file(&path.to_path_buf(), restart)
             .map(Stdio::from)
             .map_err(|e| UpError::Io(format!("creating {}: {e}", path.display())))?,
         None => Stdio::inherit(),
@@ -526,39 +564,6 @@ pub async fn http_ok(port: u16, path: &str) -> bool {
     )
 }
 
-async fn first_exit(children: &mut BTreeMap<Function, Child>) -> UpError {
-    loop {
-        for (function, child) in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return UpError::FunctionExited {
-                    function: *function,
-                    status: status.to_string(),
-                };
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// SIGTERM to each function (they finish requests in flight), SIGKILL after 5 s.
-async fn stop(children: &mut BTreeMap<Function, Child>) {
-    for child in children.values() {
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-    }
-    for child in children.values_mut() {
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
-    }
-}
-
 fn print_banner(args: &UpArgs, config: &Config, seeded: usize) {
     let frontend = format!("http://127.0.0.1:{}", args.port_of(Function::Frontend));
     let mut out = String::new();
@@ -596,8 +601,8 @@ fn print_banner(args: &UpArgs, config: &Config, seeded: usize) {
     out.push_str(&format!(
         "\nPlace an order:\n  curl -i -X POST {frontend}/order -H 'Content-Type: application/json' \\\n       -d '{{\"item\":\"widget\",\"quantity\":5,\"user\":\"jack\"}}'\n\
          Follow it:\n  curl {frontend}/order/<order_id>\n\
-         Watch results (another terminal):\n  export CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://127.0.0.1:{}/ CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_PROJECT={}\n  gcloud pubsub subscriptions pull payment-created-sub --auto-ack\n  gcloud pubsub subscriptions pull error-cli-sub --auto-ack\n\nCtrl-C stops everything.\n",
-        args.pubsub_port, config.project_id
+         Watch results (another terminal):\n  export CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://127.0.0.1:{}/ CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_PROJECT={}\n  gcloud pubsub subscriptions pull payment-created-sub --auto-ack\n  gcloud pubsub subscriptions pull error-cli-sub --auto-ack\n         Take a function offline and back (a function that dies is restarted by itself):\n  cargo run --bin saga -- stop inventory --control-port {}\n  cargo run --bin saga -- start inventory --control-port {}\n\nCtrl-C stops everything.\n",
+        args.pubsub_port, config.project_id, args.control_port, args.control_port
     ));
     println!("{out}");
 }

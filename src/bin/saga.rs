@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Start everything locally on the emulators, until Ctrl-C.
     Up(saga::up::UpArgs),
+    /// Stop one function of the running `saga up` (it stays stopped until `saga start`).
+    Stop(saga::supervisor::ControlArgs),
+    /// Start again a function `saga stop` stopped.
+    Start(saga::supervisor::ControlArgs),
     /// Seed the catalogue and users (only what is missing, or --reset), locally or --cloud.
     Seed(saga::up::SeedArgs),
     /// Check the saga's invariants (stock and money conservation, terminal orders, the
@@ -209,10 +213,26 @@ async fn main() -> ExitCode {
                 Err(e) => fail("bench-report", e),
             }
         }
+        Command::Stop(args) => control(&args, "stop").await,
+        Command::Start(args) => control(&args, "start").await,
         Command::Up(args) => match saga::up::up(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail("up", error),
         },
+    }
+}
+
+async fn control(args: &saga::supervisor::ControlArgs, action: &str) -> ExitCode {
+    match saga::supervisor::remote(args, action).await {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ saga::supervisor::RemoteError::Refused(_)) => {
+            eprintln!("saga {action}: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => fail(action, e),
     }
 }
 

@@ -16,7 +16,9 @@ async fn the_cli_has_help_consistent_flags_and_exit_codes_scripts_can_trust() {
     let help = saga().arg("--help").output().await.unwrap();
     assert!(help.status.success());
     let help = String::from_utf8_lossy(&help.stdout);
-    for command in ["up", "seed", "check", "trace", "replay", "dlq", "serve"] {
+    for command in [
+        "up", "stop", "start", "seed", "check", "trace", "replay", "dlq", "serve",
+    ] {
         assert!(help.contains(command), "--help lacks {command}:\n{help}");
     }
 

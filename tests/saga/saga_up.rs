@@ -31,6 +31,7 @@ async fn saga_up_runs_the_stack_and_ctrl_c_stops_all_of_it() {
     let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("saga-up");
     let mut child = saga()
         .args(["up", "--project", "saga-up-test"])
+        .args(["--control-port", &free_port().unwrap().to_string()])
         .args(["--pubsub-port", &pubsub.to_string()])
         .args(["--firestore-port", &firestore.to_string()])
         .args(["--frontend-port", &frontend.to_string()])
@@ -150,6 +151,7 @@ async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
     let stderr = logs.join("saga-up.stderr");
     let mut child = saga()
         .args(["up", "--auth", "--project", "saga-up-auth"])
+        .args(["--control-port", &free_port().unwrap().to_string()])
         .args(["--pubsub-port", &pubsub.to_string()])
         .args(["--firestore-port", &firestore.to_string()])
         .args(["--frontend-port", &frontend.to_string()])
@@ -242,6 +244,7 @@ async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
 async fn saga_up_without_gcloud_says_what_to_install_and_fails() {
     let output = saga()
         .args(["up", "--frontend-port", &free_block().to_string()])
+        .args(["--control-port", &free_port().unwrap().to_string()])
         .args(["--pubsub-port", &free_port().unwrap().to_string()])
         .args(["--firestore-port", &free_port().unwrap().to_string()])
         .env("PATH", "/nonexistent")
@@ -262,6 +265,7 @@ async fn saga_up_from_a_directory_without_the_function_binaries_names_them_and_s
     let pubsub = free_port().unwrap();
     let output = saga()
         .args(["up", "--frontend-port", &free_block().to_string()])
+        .args(["--control-port", &free_port().unwrap().to_string()])
         .args(["--pubsub-port", &pubsub.to_string()])
         .args(["--firestore-port", &free_port().unwrap().to_string()])
         .arg("--functions-from")
@@ -278,4 +282,232 @@ async fn saga_up_from_a_directory_without_the_function_binaries_names_them_and_s
     );
     assert!(!stderr.contains("Starting the emulators"), "{stderr}");
     assert!(!is_ready(&format!("127.0.0.1:{pubsub}")).await);
+}
+
+/// `saga up` started by a test, its stdout read up to the banner, its stderr in a file.
+struct Up {
+    child: tokio::process::Child,
+    frontend: u16,
+    control: u16,
+    stderr: std::path::PathBuf,
+}
+
+impl Up {
+    async fn start(project: &str) -> Up {
+        let (pubsub, firestore, frontend, control) = (
+            free_port().unwrap(),
+            free_port().unwrap(),
+            free_block(),
+            free_port().unwrap(),
+        );
+        let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(project);
+        std::fs::create_dir_all(&logs).unwrap();
+        let stderr = logs.join("saga-up.stderr");
+        let mut child = saga()
+            .args(["up", "--project", project, "--function-logs"])
+            .args(["--pubsub-port", &pubsub.to_string()])
+            .args(["--firestore-port", &firestore.to_string()])
+            .args(["--frontend-port", &frontend.to_string()])
+            .args(["--control-port", &control.to_string()])
+            .arg("--log-dir")
+            .arg(&logs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting saga up");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Ctrl-C stops everything") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        let up = Up {
+            child,
+            frontend,
+            control,
+            stderr,
+        };
+        assert_eq!(ready, Ok(true), "saga up did not come up: {}", up.said());
+        up
+    }
+
+    /// What saga up said on stderr so far.
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    async fn functions(&self) -> Vec<Value> {
+        reqwest::get(format!("http://127.0.0.1:{}/functions", self.control))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn state_of(&self, function: &str) -> Value {
+        let functions = self.functions().await;
+        functions
+            .into_iter()
+            .find(|f| f["function"] == function)
+            .expect("the function")
+    }
+
+    /// `saga stop|start FUNCTION` against this saga up: exit code and output.
+    async fn ctl(&self, action: &str, function: &str) -> (i32, String) {
+        let out = saga()
+            .args([
+                action,
+                function,
+                "--control-port",
+                &self.control.to_string(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    async fn place(&self) -> String {
+        let accepted: Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/order", self.frontend))
+            .json(&json!({"item": "widget", "quantity": 1, "user": "jack"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        accepted["order_id"]
+            .as_str()
+            .expect("an order id")
+            .to_owned()
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        let order: Value = reqwest::get(format!("http://127.0.0.1:{}/order/{id}", self.frontend))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        order["status"].clone()
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.status(id).await != status {
+            assert!(
+                Instant::now() < deadline,
+                "order {id} is {}, not {status}",
+                self.status(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn interrupt(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("saga up stops on Ctrl-C")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// A function that dies is restarted, with backoff, and saga up says so (as Cloud Run starts
+/// a new instance); `saga stop` / `saga start` take one function offline and back while the
+/// stack runs, and its sagas wait for it, then complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_up_restarts_a_dead_function_and_stops_and_starts_one_on_demand() {
+    let up = Up::start("saga-up-supervise").await;
+
+    let before = up.state_of("inventory").await;
+    let pid = before["pid"].as_u64().expect("a pid");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = up.state_of("inventory").await;
+        if now["phase"] == "running" && now["pid"].as_u64().is_some_and(|p| p != pid) {
+            assert_eq!(now["restarts"], 1, "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = up.said();
+    assert!(said.contains("inventory exited"), "{said}");
+    assert!(said.contains("restarting it in 1s"), "{said}");
+    assert!(said.contains("inventory restarted (pid"), "{said}");
+    let id = up.place().await;
+    up.wait_status(&id, "COMPLETED").await;
+
+    // Inventory offline: its sagas wait at ORDER_CREATED (Pub/Sub keeps retrying), and
+    // nothing restarts it until it is started.
+    assert_eq!(
+        up.ctl("stop", "inventory").await,
+        (0, "inventory stopped\n".into())
+    );
+    assert_eq!(up.state_of("inventory").await["phase"], "stopped");
+    let waiting = up.place().await;
+    up.wait_status(&waiting, "ORDER_CREATED").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(up.status(&waiting).await, "ORDER_CREATED");
+    assert_eq!(up.state_of("inventory").await["phase"], "stopped");
+    let (code, text) = up.ctl("stop", "inventory").await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("already stopped"), "{text}");
+
+    assert_eq!(
+        up.ctl("start", "inventory").await,
+        (0, "inventory started\n".into())
+    );
+    up.wait_status(&waiting, "COMPLETED").await;
+
+    let (code, text) = up.ctl("stop", "warehouse").await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no function \"warehouse\""), "{text}");
+    up.interrupt().await;
+
+    // No saga up: says so, exit 2.
+    let (code, text) = Up::ctl_without_up("start", "inventory").await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no saga up answers"), "{text}");
+}
+
+impl Up {
+    async fn ctl_without_up(action: &str, function: &str) -> (i32, String) {
+        let out = saga()
+            .args([
+                action,
+                function,
+                "--control-port",
+                &free_port().unwrap().to_string(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
