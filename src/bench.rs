@@ -379,6 +379,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         function_logs: true,
         functions_from: args.functions_from.clone(),
         sweep_interval: args.sweep_interval,
+        outbox_grace: None,
         auth: false,
         auth_port: 0,
         control_port: 0,

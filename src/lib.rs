@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_bounds;
 pub mod bench_cost;
 pub mod bench_floor;
+pub mod chaos;
 pub mod check;
 pub mod ops;
 pub mod pubsub_rest;

@@ -242,6 +242,21 @@ impl PubsubRest {
         Ok(ids)
     }
 
+    /// Points a push subscription at `endpoint` (`saga chaos` puts its proxy in between).
+    pub async fn modify_push_config(
+        &self,
+        subscription: &str,
+        endpoint: &str,
+    ) -> Result<(), RestError> {
+        self.call(
+            &format!("pointing {subscription} at {endpoint}"),
+            &format!("subscriptions/{subscription}:modifyPushConfig"),
+            json!({ "pushConfig": { "pushEndpoint": endpoint } }),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Publishes one message; returns its message id.
     pub async fn publish(
         &self,

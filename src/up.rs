@@ -55,6 +55,10 @@ pub struct UpArgs {
     /// sweep's query costs time in proportion to all the data of the project.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SWEEP_INTERVAL_SECS)]
     pub sweep_interval: u64,
+    /// Seconds an order stays PENDING before the frontend's sweep publishes its event again
+    /// (`SAGA_OUTBOX_GRACE_SECS`); the function's default (30) if not given.
+    #[arg(long, value_name = "SECS")]
+    pub outbox_grace: Option<u64>,
     /// Users sign in: starts the Firebase Authentication emulator (npm firebase-tools, on
     /// --auth-port) with the demo users jack, jill and penny (password `password`), and the
     /// frontend takes orders only from signed-in users, for themselves.
@@ -243,6 +247,11 @@ impl Stack {
             fault_injection: !args.no_fault_injection,
             ..Config::emulators(&args.project, &pubsub_host, &firestore_host)
         };
+        // The faults `saga chaos` asks for, as the payment-error switch: local, on by default.
+        config.faults.chaos = !args.no_fault_injection;
+        if let Some(grace) = args.outbox_grace {
+            config.outbox_grace = Duration::from_secs(grace);
+        }
         if let Some(auth) = &auth {
             config.user_auth = UserAuth::Firebase(FirebaseAuth {
                 project_id: auth.project.clone(),
@@ -471,6 +480,11 @@ fn spawn_function(
         .env("PUBSUB_EMULATOR_HOST", host(&config.pubsub))
         .env("FIRESTORE_EMULATOR_HOST", host(&config.firestore))
         .env("SAGA_FAULT_INJECTION", config.fault_injection.to_string())
+        .env("SAGA_CHAOS", config.faults.chaos.to_string())
+        .env(
+            "SAGA_OUTBOX_GRACE_SECS",
+            config.outbox_grace.as_secs().to_string(),
+        )
         .env(PARENT_ENV, std::process::id().to_string())
         .env("SAGA_SWEEP_INTERVAL_SECS", sweep_interval.to_string())
         .envs(user_auth_env(&config.user_auth))

@@ -7,6 +7,7 @@
 //! | `PUBSUB_EMULATOR_HOST` | `host:port` of the Pub/Sub emulator | Google Cloud |
 //! | `FIRESTORE_EMULATOR_HOST` | `host:port` of the Firestore emulator | Google Cloud |
 //! | `SAGA_FAULT_INJECTION` | honour the `payment-error` fault switch (`true`/`false`) | `false` |
+//! | `SAGA_CHAOS` | honour a request's `X-Saga-Chaos` fault (`saga chaos`); refused off the emulators | `false` |
 //! | `SAGA_BIND` | address to listen on | `127.0.0.1` on the emulators, `0.0.0.0` otherwise |
 //! | `SAGA_PUSH_AUDIENCE` | audience of push tokens (the service URL); turns push auth on | none |
 //! | `SAGA_PUSH_SERVICE_ACCOUNT` | the push service account's email; with the audience | none |
@@ -116,12 +117,16 @@ impl Default for Limits {
     }
 }
 
-/// Faults injected on purpose, by tests only: never read from the environment.
+/// Faults injected on purpose.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Stop right after a step's transaction commits, before publishing (as if the instance
-    /// died there): the outbox sweep or a redelivery must publish the event.
+    /// died there): the outbox sweep or a redelivery must publish the event. Tests only,
+    /// never read from the environment.
     pub crash_after_commit: bool,
+    /// Honour a request's `X-Saga-Chaos` fault ([`crate::chaos`]): `SAGA_CHAOS=true`, on
+    /// the emulators only.
+    pub chaos: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,6 +232,14 @@ impl Config {
             }),
         };
         let fault_injection = flag("SAGA_FAULT_INJECTION")?;
+        let chaos = flag("SAGA_CHAOS")?;
+        if chaos && !local {
+            return Err(ConfigError::Invalid {
+                name: "SAGA_CHAOS",
+                value: "true".into(),
+                reason: "faults are injected on the emulators only",
+            });
+        }
         let bind = match set("SAGA_BIND") {
             None if local => IpAddr::from([127, 0, 0, 1]),
             None => IpAddr::from([0, 0, 0, 0]),
@@ -356,7 +369,10 @@ impl Config {
             sweep_interval: secs("SAGA_SWEEP_INTERVAL_SECS")?,
             user_auth,
             limits,
-            faults: Faults::default(),
+            faults: Faults {
+                chaos,
+                ..Faults::default()
+            },
             event_versions,
         })
     }
@@ -389,6 +405,10 @@ mod tests {
         assert_eq!(c.pubsub, Endpoint::Emulator("127.0.0.1:8085".into()));
     }
 
+    const EMULATORS: &[(&str, &str)] = &[
+        ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+        ("FIRESTORE_EMULATOR_HOST", "127.0.0.1:8086"),
+    ];
     const CLOUD: [(&str, &str); 3] = [
         ("GOOGLE_CLOUD_PROJECT", "shop"),
         (
@@ -502,6 +522,19 @@ mod tests {
                 .unwrap()
                 .fault_injection
         );
+    }
+
+    #[test]
+    fn chaos_faults_are_honoured_on_the_emulators_only() {
+        let on = [("SAGA_CHAOS", "true")];
+        let mut cloud = CLOUD.to_vec();
+        cloud.extend_from_slice(&on);
+        let e = config(&cloud).unwrap_err();
+        assert!(e.to_string().contains("SAGA_CHAOS"), "{e}");
+        let mut local = EMULATORS.to_vec();
+        local.extend_from_slice(&on);
+        assert!(config(&local).unwrap().faults.chaos);
+        assert!(!config(EMULATORS).unwrap().faults.chaos);
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
 //! - [`trace`], [`timeline`]: a saga is one trace, and its history is kept;
 //! - [`runtime`], [`config`], [`telemetry`]: what a function's `main` needs;
-//! - [`meter`]: every Firestore and Pub/Sub operation, counted.
+//! - [`meter`]: every Firestore and Pub/Sub operation, counted;
+//! - [`chaos`]: faults injected into one request on purpose (`saga chaos`, emulators only).
 
+pub mod chaos;
 pub mod config;
 pub mod events;
 pub mod keys;

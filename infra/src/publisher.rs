@@ -87,6 +87,13 @@ impl EventPublisher {
 
     /// Publishes a committed event; returns the Pub/Sub message id.
     pub async fn publish(&self, record: &Emitted) -> Result<String, PublishError> {
+        if crate::chaos::take(crate::chaos::Fault::PublishFails) {
+            return Err(PublishError::Failed {
+                event_id: record.event_id.clone(),
+                topic: record.topic.clone(),
+                reason: "injected (saga chaos)".into(),
+            });
+        }
         let publisher = self
             .publishers
             .get(&record.topic)

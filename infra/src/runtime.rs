@@ -177,10 +177,11 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
-        Ok(Server {
-            listener,
-            router: with_health(function, router),
-        })
+        let mut router = with_health(function, router);
+        if config.faults.chaos {
+            router = router.layer(axum::middleware::from_fn(crate::chaos::middleware));
+        }
+        Ok(Server { listener, router })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

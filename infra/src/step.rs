@@ -430,7 +430,10 @@ async fn process<S: Step>(
         Ran::NotYet(why) => return Err(PushError::NotYet(why)),
     };
 
-    if state.runtime.config.faults.crash_after_commit && fresh {
+    if fresh
+        && (state.runtime.config.faults.crash_after_commit
+            || crate::chaos::take(crate::chaos::Fault::CrashAfterCommit))
+    {
         return Err(PushError::InjectedCrash);
     }
     // Published on every delivery, duplicates too: the one before may have died between its

@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Start everything locally on the emulators, until Ctrl-C.
     Up(saga::up::UpArgs),
+    /// Break the saga on purpose while orders flow (a fault schedule drawn from the seed),
+    /// then check that it healed; exits 1 if an invariant broke.
+    Chaos(saga::chaos::ChaosArgs),
     /// Stop one function of the running `saga up` (it stays stopped until `saga start`).
     Stop(saga::supervisor::ControlArgs),
     /// Start again a function `saga stop` stopped.
@@ -213,6 +216,17 @@ async fn main() -> ExitCode {
                 Err(e) => fail("bench-report", e),
             }
         }
+        Command::Chaos(args) => match saga::chaos::chaos(&args).await {
+            Ok(outcome) => {
+                print!("{}", outcome.text);
+                if outcome.holds {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => fail("chaos", e),
+        },
         Command::Stop(args) => control(&args, "stop").await,
         Command::Start(args) => control(&args, "start").await,
         Command::Up(args) => match saga::up::up(args).await {

@@ -3,6 +3,7 @@
 mod bad_input;
 mod bench;
 mod browser;
+mod chaos;
 mod cli;
 mod cloud_run;
 mod dead_letters;

@@ -287,6 +287,9 @@ async fn saga_up_from_a_directory_without_the_function_binaries_names_them_and_s
 /// `saga up` started by a test, its stdout read up to the banner, its stderr in a file.
 struct Up {
     child: tokio::process::Child,
+    project: String,
+    pubsub: u16,
+    firestore: u16,
     frontend: u16,
     control: u16,
     stderr: std::path::PathBuf,
@@ -305,6 +308,7 @@ impl Up {
         let stderr = logs.join("saga-up.stderr");
         let mut child = saga()
             .args(["up", "--project", project, "--function-logs"])
+            .args(["--sweep-interval", "2", "--outbox-grace", "3"])
             .args(["--pubsub-port", &pubsub.to_string()])
             .args(["--firestore-port", &firestore.to_string()])
             .args(["--frontend-port", &frontend.to_string()])
@@ -328,6 +332,9 @@ impl Up {
         .await;
         let up = Up {
             child,
+            project: project.to_owned(),
+            pubsub,
+            firestore,
             frontend,
             control,
             stderr,
@@ -485,6 +492,30 @@ async fn saga_up_restarts_a_dead_function_and_stops_and_starts_one_on_demand() {
     let (code, text) = up.ctl("stop", "warehouse").await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("no function \"warehouse\""), "{text}");
+
+    // saga chaos against this saga up: it kills through the control port, and gives the
+    // push subscriptions back to the functions when it is done.
+    let chaos = saga()
+        .args(["chaos", "--against-up", "--seed", "4", "--duration", "10"])
+        .args(["--project", &up.project])
+        .args(["--pubsub-port", &up.pubsub.to_string()])
+        .args(["--firestore-port", &up.firestore.to_string()])
+        .args(["--frontend-port", &up.frontend.to_string()])
+        .args(["--control-port", &up.control.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&chaos.stdout);
+    assert_eq!(
+        chaos.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&chaos.stderr)
+    );
+    assert!(said.contains("killed (pid"), "{said}");
+    assert!(said.contains("all invariants hold"), "{said}");
+    let after = up.place().await;
+    up.wait_status(&after, "COMPLETED").await;
     up.interrupt().await;
 
     // No saga up: says so, exit 2.

@@ -274,7 +274,10 @@ async fn accept(
 
     let (doc, replayed) = match accepted {
         Accepted::KeyReused => return Err(ApiError::KeyReused),
-        Accepted::New(_) if rt.config.faults.crash_after_commit => {
+        Accepted::New(_)
+            if rt.config.faults.crash_after_commit
+                || saga_infra::chaos::take(saga_infra::chaos::Fault::CrashAfterCommit) =>
+        {
             return Err(ApiError::InjectedCrash);
         }
         Accepted::New(doc) => (doc, false),

@@ -172,6 +172,14 @@ impl Attempt {
         if self.writes.is_empty() {
             return Ok(());
         }
+        if crate::chaos::take(crate::chaos::Fault::CommitFails) {
+            return Err(failure(
+                "committing".into(),
+                "unavailable",
+                "injected: the commit failed (saga chaos)".into(),
+                false,
+            ));
+        }
         self.meter.commit(self.writes.len());
         let request = CommitRequest {
             database: self.db.get_database_path().clone(),
@@ -180,6 +188,12 @@ impl Attempt {
             request_options: None,
         };
         match self.db.client().get().commit(request).await {
+            Ok(_) if crate::chaos::take(crate::chaos::Fault::CommitAnswerLost) => Err(failure(
+                "committing".into(),
+                "deadline-exceeded",
+                "injected: the commit's answer was lost (saga chaos)".into(),
+                false,
+            )),
             Ok(_) => Ok(()),
             Err(status)
                 if matches!(
