@@ -6,6 +6,7 @@ pub mod bench_cost;
 pub mod bench_floor;
 pub mod chaos;
 pub mod check;
+pub mod console;
 pub mod ops;
 pub mod pubsub_rest;
 pub mod supervisor;

@@ -343,10 +343,12 @@ async fn terminate(mut child: Child) {
 }
 
 /// The control endpoint `saga up` serves on `127.0.0.1:PORT`: `GET /functions`, `POST
-/// /functions/{name}/stop`, `POST /functions/{name}/start`. Local only, like the emulators.
+/// /functions/{name}/stop`, `POST /functions/{name}/start`, and the operator's `console`.
+/// Local only, like the emulators.
 pub async fn serve_control(
     control: Control,
     listener: tokio::net::TcpListener,
+    console: axum::Router,
 ) -> std::io::Result<()> {
     use axum::extract::{Path, State};
     use axum::http::StatusCode;
@@ -396,7 +398,8 @@ pub async fn serve_control(
             get(|State(control): State<Control>| async move { Json(control.functions()) }),
         )
         .route("/functions/{name}/{action}", post(act))
-        .with_state(control);
+        .with_state(control)
+        .merge(console);
     axum::serve(listener, app).await
 }
 

@@ -354,7 +354,18 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
             ))
         })?;
     let stack = Stack::start(&args).await?;
-    let server = tokio::spawn(supervisor::serve_control(stack.control.clone(), control));
+    let console = crate::console::router(
+        Store::connect(&stack.config.project_id, &stack.config.firestore).await?,
+        crate::pubsub_rest::PubsubRest::emulator(
+            &format!("127.0.0.1:{}", args.pubsub_port),
+            &stack.config.project_id,
+        ),
+    );
+    let server = tokio::spawn(supervisor::serve_control(
+        stack.control.clone(),
+        control,
+        console,
+    ));
     print_banner(&args, &stack.config, stack.seeded);
     saga_infra::runtime::shutdown_signal().await;
     server.abort();
@@ -615,8 +626,12 @@ fn print_banner(args: &UpArgs, config: &Config, seeded: usize) {
     out.push_str(&format!(
         "\nPlace an order:\n  curl -i -X POST {frontend}/order -H 'Content-Type: application/json' \\\n       -d '{{\"item\":\"widget\",\"quantity\":5,\"user\":\"jack\"}}'\n\
          Follow it:\n  curl {frontend}/order/<order_id>\n\
-         Watch results (another terminal):\n  export CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://127.0.0.1:{}/ CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_PROJECT={}\n  gcloud pubsub subscriptions pull payment-created-sub --auto-ack\n  gcloud pubsub subscriptions pull error-cli-sub --auto-ack\n         Take a function offline and back (a function that dies is restarted by itself):\n  cargo run --bin saga -- stop inventory --control-port {}\n  cargo run --bin saga -- start inventory --control-port {}\n\nCtrl-C stops everything.\n",
-        args.pubsub_port, config.project_id, args.control_port, args.control_port
+         Watch results (another terminal):\n  export CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://127.0.0.1:{}/ CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_PROJECT={}\n  gcloud pubsub subscriptions pull payment-created-sub --auto-ack\n  gcloud pubsub subscriptions pull error-cli-sub --auto-ack\n         Parked messages and dead letters, with a redrive button:\n  http://127.0.0.1:{}/\n         Take a function offline and back (a function that dies is restarted by itself):\n  cargo run --bin saga -- stop inventory --control-port {}\n  cargo run --bin saga -- start inventory --control-port {}\n\nCtrl-C stops everything.\n",
+        args.pubsub_port,
+        config.project_id,
+        args.control_port,
+        args.control_port,
+        args.control_port
     ));
     println!("{out}");
 }

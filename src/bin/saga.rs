@@ -24,6 +24,9 @@ enum Command {
     /// Break the saga on purpose while orders flow (a fault schedule drawn from the seed),
     /// then check that it healed; exits 1 if an invariant broke.
     Chaos(saga::chaos::ChaosArgs),
+    /// The operator's console in a browser: parked messages and dead letters, with a
+    /// redrive button (on 127.0.0.1, with your credentials: --cloud uses ADC).
+    Console(saga::console::ConsoleArgs),
     /// Stop one function of the running `saga up` (it stays stopped until `saga start`).
     Stop(saga::supervisor::ControlArgs),
     /// Start again a function `saga stop` stopped.
@@ -226,6 +229,10 @@ async fn main() -> ExitCode {
                 }
             }
             Err(e) => fail("chaos", e),
+        },
+        Command::Console(args) => match saga::console::serve(&args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("console", e),
         },
         Command::Stop(args) => control(&args, "stop").await,
         Command::Start(args) => control(&args, "start").await,

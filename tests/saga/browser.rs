@@ -230,11 +230,166 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
         assert!(Instant::now() < deadline, "no timeline: {timeline}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let png = client.screenshot().await.unwrap();
-    std::fs::write(shots.join("shop.png"), &png).unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
+    // The picture: a lane per step, an arrow per event consumed, the compensation marked;
+    // the stock it took, given back.
+    assert_eq!(count(&client, "#saga-picture g.lane").await, 5);
+    assert!(count(&client, "#saga-picture g.arrow").await >= 4);
+    assert!(count(&client, "#saga-picture g.arrow.compensation").await >= 1);
+    assert_eq!(count(&client, "#touched li.stock.RELEASED").await, 1);
+    assert_eq!(count(&client, "#touched li.balance").await, 0);
+    shot(&client, &shots.join("saga-compensated.png")).await;
+
+    // A completed one: every arrow forward, the stock taken and the balance charged.
+    client
+        .find(Locator::Css(&format!("tr[data-order-id='{good}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&client, "#touched li.balance.CAPTURED").await != 1 {
+        assert!(Instant::now() < deadline, "no picture of {good}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&client, "#touched li.stock.RESERVED").await, 1);
+    // order-requested, order-created, inventory-reserved (payment-created goes to people).
+    assert_eq!(count(&client, "#saga-picture g.arrow").await, 3);
+    assert_eq!(
+        count(&client, "#saga-picture g.arrow.compensation").await,
+        0
+    );
+    let payment = client
+        .find(Locator::Css(
+            "#saga-picture g.arrow[data-event='inventory-reserved'] text",
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(payment.starts_with("inventory-reserved +"), "{payment}");
+    shot(&client, &shots.join("shop.png")).await;
 
     client.close().await.unwrap();
     let _ = driver.child.kill().await;
+    app.assert_invariants().await;
+}
+
+async fn count(client: &Client, css: &str) -> usize {
+    client
+        .find_all(Locator::Css(css))
+        .await
+        .map(|found| found.len())
+        .unwrap_or(0)
+}
+
+async fn shot(client: &Client, path: &std::path::Path) {
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    std::fs::write(path, &png).unwrap();
+}
+
+/// The operator's console (served by `saga up` on its control port, and by `saga console`):
+/// the parked messages and the dead letters, and a redrive button that sends one back to
+/// the topic it was meant for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_parked_messages_and_dead_letters_and_redrives_one() {
+    let app = spawn_app().await;
+    let order = app
+        .place(json!({"item": "widget", "quantity": 1, "user": "jack"}))
+        .await;
+    assert_eq!(app.wait_terminal(order).await["status"], "COMPLETED");
+    // Poison, parked by inventory.
+    let (status, _) = app
+        .push_raw(
+            Function::Inventory,
+            json!({"message": {"data": "bm90IGFuIGV2ZW50", "messageId": "7"}, "subscription": "x"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // A dead letter as Pub/Sub writes one: the order's order-created event, from
+    // order-created-sub.
+    let doc = app.order_doc(order).await.unwrap();
+    let emitted = doc.step("order").unwrap().emitted.clone().unwrap();
+    let pubsub = saga::pubsub_rest::PubsubRest::emulator(&app.pubsub_host, &app.project);
+    let mut attributes = emitted.attributes.clone();
+    attributes.insert(
+        "CloudPubSubDeadLetterSourceSubscription".into(),
+        format!("projects/{}/subscriptions/order-created-sub", app.project),
+    );
+    pubsub
+        .publish(
+            "order-created-sub-dlq",
+            emitted.payload.as_bytes(),
+            &attributes,
+        )
+        .await
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let console = listener.local_addr().unwrap();
+    let router = saga::console::router(app.store.clone(), pubsub);
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let mut driver = chromedriver().await;
+    let client = browser(&driver).await;
+    client.goto(&format!("http://{console}/")).await.unwrap();
+    assert_eq!(client.title().await.unwrap(), "Saga console");
+    let dead = "#letters tr[data-place='order-created-sub-dlq-sub']";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&client, dead).await != 1
+        || count(&client, "#letters tr[data-place='parked']").await != 1
+    {
+        assert!(Instant::now() < deadline, "the letters never showed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let row = client
+        .find(Locator::Css(dead))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        row.contains("order-created-sub") && row.contains(&order.to_string()),
+        "{row}"
+    );
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    shot(&client, &shots.join("console.png")).await;
+
+    // Redriven: gone from the console, and inventory had it again (a duplicate, so nothing
+    // changed).
+    client
+        .find(Locator::Css(&format!("{dead} button.redrive")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let redelivered = app
+            .order_doc(order)
+            .await
+            .unwrap()
+            .duplicates
+            .iter()
+            .any(|d| d.step == "inventory");
+        if redelivered && count(&client, dead).await == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not redriven");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count(&client, "#letters tr[data-place='parked']").await, 1);
+    client.close().await.unwrap();
+    let _ = driver.child.kill().await;
+    server.abort();
     app.assert_invariants().await;
 }

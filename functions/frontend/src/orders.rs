@@ -48,6 +48,53 @@ pub struct OrderView {
     /// What happened to the order, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The stock and the balance the order touched, and whether it was given back (with
+    /// the history only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touched: Vec<Touched>,
+}
+
+/// A document the saga changed for the order: `-quantity` of an item's stock, `-amount` of
+/// a user's balance, and where it stands (RESERVED or RELEASED, CAPTURED or REFUNDED).
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Touched {
+    /// `stock` or `balance`.
+    pub kind: String,
+    /// The item or the user.
+    pub of: String,
+    pub change: i64,
+    pub status: String,
+}
+
+impl Touched {
+    fn of(order: &OrderDoc) -> Vec<Touched> {
+        let mut touched = Vec::new();
+        if let Some(r) = &order.reservation {
+            touched.push(Touched {
+                kind: "stock".into(),
+                of: order.item.clone(),
+                change: -r.quantity,
+                status: stored_name(&r.status),
+            });
+        }
+        if let Some(p) = &order.payment {
+            touched.push(Touched {
+                kind: "balance".into(),
+                of: order.user.clone(),
+                change: -p.amount,
+                status: stored_name(&p.status),
+            });
+        }
+        touched
+    }
+}
+
+/// A status as it is stored (its serde name: RESERVED, REFUNDED, ...).
+fn stored_name(status: &impl Serialize) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// One line of an order's timeline.
@@ -87,6 +134,7 @@ impl OrderView {
             created_at: order.created_at,
             updated_at: order.updated_at,
             history: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -97,6 +145,7 @@ impl OrderView {
                 .into_iter()
                 .map(HistoryEntry::from)
                 .collect(),
+            touched: Touched::of(order),
             ..OrderView::of(id, order)
         }
     }
