@@ -268,3 +268,192 @@ pub fn recording() -> bool {
 pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(|c| c.context).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+    use crate::config::Otlp;
+    use crate::telemetry::{CloudLogging, MemoryWriter};
+    use crate::topology::Function;
+
+    type Received = Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>;
+
+    /// A local OTLP/HTTP receiver: its base URL and the spans it got.
+    async fn receiver() -> (String, Received) {
+        let received = Received::default();
+        let spans = received.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                let mut spans = spans.lock().expect("spans");
+                for resource in request.resource_spans {
+                    spans.extend(resource.scope_spans.into_iter().flat_map(|s| s.spans));
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), received)
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Failed(&'static str);
+
+    #[tokio::test]
+    async fn a_call_is_a_child_of_its_step_and_its_log_lines_name_it() {
+        let (endpoint, received) = receiver().await;
+        let exporter =
+            Exporter::start(Function::Order, "shop", &Otlp::at(&endpoint)).expect("an exporter");
+        let tracer = Tracer::new(exporter);
+        let memory = MemoryWriter::default();
+        let writer = memory.clone();
+        let _logging = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(CloudLogging::new("shop", None, move || writer)),
+        );
+        let step = TraceContext::root().child();
+        let logs = tracing::info_span!(
+            "step",
+            trace_id = %step.trace_id_hex(),
+            span_id = %step.span_id_hex(),
+        );
+        let work = async {
+            tracing::info!("in the step");
+            call("firestore Commit", Kind::Client, Vec::new, async {
+                tracing::info!("in the call");
+                Err::<(), _>(Failed("conflict"))
+            })
+            .await
+            .err();
+            Ok::<_, Failed>(())
+        };
+        tracer
+            .scope(
+                "order",
+                Kind::Server,
+                step,
+                Vec::new(),
+                work.instrument(logs),
+            )
+            .await
+            .expect("the step");
+        // Flushed at once, not after the batch's second.
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tracer.flush(Duration::from_secs(5)),
+        )
+        .await
+        .expect("flushed");
+
+        let spans = received.lock().expect("spans").clone();
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let (commit, order) = (&spans[0], &spans[1]);
+        assert_eq!(order.name, "order");
+        assert_eq!(hex(&order.span_id), step.span_id_hex());
+        assert_eq!(
+            hex(&order.parent_span_id),
+            step.parent_span_id_hex().unwrap_or_default()
+        );
+        assert_eq!(commit.name, "firestore Commit");
+        assert_eq!(hex(&commit.trace_id), step.trace_id_hex());
+        assert_eq!(hex(&commit.parent_span_id), step.span_id_hex());
+        assert_eq!(
+            commit.status.as_ref().map(|s| s.message.as_str()),
+            Some("conflict")
+        );
+
+        let lines = memory.lines();
+        let span_of = |message: &str| {
+            lines
+                .iter()
+                .find(|l| l["message"] == message)
+                .map(|l| l["logging.googleapis.com/spanId"].clone())
+        };
+        assert_eq!(span_of("in the step"), Some(hex(&order.span_id).into()));
+        assert_eq!(span_of("in the call"), Some(hex(&commit.span_id).into()));
+        for line in lines.iter().filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("in the"))
+        }) {
+            assert_eq!(
+                line["logging.googleapis.com/trace"],
+                format!("projects/shop/traces/{}", step.trace_id_hex()),
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_cut_short_is_exported_failed_and_an_unsampled_one_not_at_all() {
+        let (endpoint, received) = receiver().await;
+        let tracer = Tracer::new(
+            Exporter::start(Function::Payments, "shop", &Otlp::at(&endpoint)).expect("an exporter"),
+        );
+        let cut = TraceContext::root();
+        let never = tracer.scope("payments", Kind::Server, cut, Vec::new(), async {
+            std::future::pending::<Result<(), Failed>>().await
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), never)
+                .await
+                .is_err()
+        );
+        let unsampled = TraceContext {
+            sampled: false,
+            ..TraceContext::root()
+        };
+        tracer
+            .scope("payments", Kind::Server, unsampled, Vec::new(), async {
+                Ok::<_, Failed>(())
+            })
+            .await
+            .expect("the step");
+        tracer.flush(Duration::from_secs(5)).await;
+        let spans = received.lock().expect("spans").clone();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        assert_eq!(hex(&spans[0].span_id), cut.span_id_hex());
+        assert_eq!(
+            spans[0].status.as_ref().map(|s| s.message.as_str()),
+            Some("cut short")
+        );
+    }
+
+    #[tokio::test]
+    async fn without_an_exporter_nothing_is_recorded() {
+        let tracer = Tracer::off();
+        assert!(!tracer.is_on());
+        let result = tracer
+            .scope(
+                "order",
+                Kind::Server,
+                TraceContext::root(),
+                Vec::new(),
+                async {
+                    assert!(!recording(), "no current span");
+                    call("firestore Commit", Kind::Client, || unreachable!(), async {
+                        Ok::<_, Failed>(7)
+                    })
+                    .await
+                },
+            )
+            .await;
+        assert_eq!(result.expect("the work's own result"), 7);
+    }
+}
