@@ -56,6 +56,8 @@ enum Queued {
 pub struct Exporter {
     queue: mpsc::Sender<Queued>,
     dropped: Arc<AtomicU64>,
+    /// Of those, the ones that found the queue full (the task logs how many, once a batch).
+    full: Arc<AtomicU64>,
 }
 
 impl Exporter {
@@ -80,21 +82,29 @@ impl Exporter {
             .map_err(|e| ExportError::Client(e.to_string()))?;
         let (queue, received) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
+        let full = Arc::new(AtomicU64::new(0));
         let sender = Sender {
             http,
             url: otlp.traces_url.clone(),
             credentials,
             resource: resource(function, project_id),
             dropped: dropped.clone(),
+            full: full.clone(),
+            reported: 0,
         };
         tokio::spawn(sender.run(received));
-        Ok(Exporter { queue, dropped })
+        Ok(Exporter {
+            queue,
+            dropped,
+            full,
+        })
     }
 
     /// Queues an ended span; never waits.
     pub fn send(&self, span: SpanData) {
         if self.queue.try_send(Queued::Span(Box::new(span))).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -124,10 +134,13 @@ struct Sender {
     credentials: Option<google_cloud_auth::credentials::Credentials>,
     resource: Resource,
     dropped: Arc<AtomicU64>,
+    full: Arc<AtomicU64>,
+    /// How many of `full` were logged already.
+    reported: u64,
 }
 
 impl Sender {
-    async fn run(self, mut received: mpsc::Receiver<Queued>) {
+    async fn run(mut self, mut received: mpsc::Receiver<Queued>) {
         let mut batch: Vec<SpanData> = Vec::new();
         // When the oldest span of the batch must go, at the latest.
         let mut due: Option<tokio::time::Instant> = None;
@@ -166,7 +179,16 @@ impl Sender {
         }
     }
 
-    async fn export(&self, batch: &mut Vec<SpanData>) {
+    async fn export(&mut self, batch: &mut Vec<SpanData>) {
+        let full = self.full.load(Ordering::Relaxed);
+        if full > self.reported {
+            tracing::warn!(
+                spans = full - self.reported,
+                queue = QUEUE,
+                "spans dropped: the export queue was full"
+            );
+            self.reported = full;
+        }
         if batch.is_empty() {
             return;
         }
