@@ -5,7 +5,8 @@ data "google_project" "this" {
 locals {
   # Every API the apply and the running saga need: Cloud Resource Manager for the project's
   # number, IAM and IAM credentials for identities and their tokens, Monitoring and Logging
-  # for the alerts and the log-based metric, Identity Toolkit for the users' sign-in.
+  # for the alerts and the log-based metric, Identity Toolkit for the users' sign-in, the
+  # Telemetry API for the spans (Cloud Trace's OTLP endpoint) and Cloud Trace to read them.
   apis = [
     "cloudresourcemanager.googleapis.com",
     "serviceusage.googleapis.com",
@@ -19,6 +20,8 @@ locals {
     "monitoring.googleapis.com",
     "logging.googleapis.com",
     "identitytoolkit.googleapis.com",
+    "telemetry.googleapis.com",
+    "cloudtrace.googleapis.com",
   ]
   registry = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.saga.repository_id}"
 }
@@ -176,6 +179,7 @@ module "function" {
   sweep_schedule             = var.sweep_schedule
   fault_injection            = var.fault_injection
   max_instances              = var.max_instances
+  otlp_endpoint              = var.otlp_endpoint
   # The frontend: users sign in (Identity Platform ID tokens of this project), and the
   # client's address, for its rate, is the one Cloud Run's front end appended.
   env = each.key == "frontend" ? merge(

@@ -87,3 +87,9 @@ variable "web_api_key" {
   type        = string
   default     = null
 }
+
+variable "otlp_endpoint" {
+  description = "Where the functions export their spans (OTLP over HTTP, protobuf): by default Cloud Trace's OTLP endpoint, the Telemetry API, with each function's own identity; a collector's base URL instead; null to export none (the logs still carry the trace ids)."
+  type        = string
+  default     = "https://telemetry.googleapis.com"
+}

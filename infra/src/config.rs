@@ -29,6 +29,9 @@
 //! | `SAGA_EVENT_VERSION` | speak only this event schema version: write it, and read nothing newer (the previous release's behaviour, for a rolling-deploy test) | the current one |
 //! | `SAGA_EMIT_EVENT_VERSION` | write events in this schema version, still reading every version this build knows (during a rollout: docs/evolving.md) | `SAGA_EVENT_VERSION`, else the current one |
 //! | `SAGA_TRUST_FORWARDED` | `true`: the client's address is the last `X-Forwarded-For` entry (Cloud Run's front end appends it) | `false` |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | export spans over OTLP to this base URL (`/v1/traces` is appended); on `*.googleapis.com` (the Telemetry API, Cloud Trace's OTLP endpoint) with Application Default Credentials | none: nothing exported |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the same, the full URL of the traces endpoint (used as is; wins over the base) | none |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf`, the only one supported: any other refuses to start | `http/protobuf` |
 //!
 //! Push authentication is required when not on the emulators: a function in the cloud with
 //! neither the audience and account nor an explicit `SAGA_PUSH_AUTH=disabled` refuses to start.
@@ -117,6 +120,30 @@ impl Default for Limits {
     }
 }
 
+/// Where spans are exported (OTLP over HTTP, protobuf bodies): see [`crate::spans`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Otlp {
+    /// The full URL spans are POSTed to (`.../v1/traces`).
+    pub traces_url: String,
+    /// Send Google credentials (Application Default Credentials) with each export: the
+    /// endpoint is Google's (`*.googleapis.com`, the Telemetry API).
+    pub google_auth: bool,
+}
+
+impl Otlp {
+    /// An endpoint without credentials (a local collector, a test's receiver): spans are
+    /// POSTed to `{base}/v1/traces`.
+    pub fn at(base: &str) -> Otlp {
+        Otlp {
+            traces_url: format!("{}/v1/traces", base.trim_end_matches('/')),
+            google_auth: false,
+        }
+    }
+}
+
+/// The only OTLP protocol this build speaks.
+pub const OTLP_PROTOCOL: &str = "http/protobuf";
+
 /// Faults injected on purpose.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -149,6 +176,8 @@ pub struct Config {
     pub faults: Faults,
     /// The event schema versions it writes and reads ([`crate::events::wire`]).
     pub event_versions: EventVersions,
+    /// Export spans here; `None`: nothing is exported (the logs still carry the trace).
+    pub otlp: Option<Otlp>,
 }
 
 pub const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(300);
@@ -191,6 +220,7 @@ impl Config {
             limits: Limits::default(),
             faults: Faults::default(),
             event_versions: EventVersions::default(),
+            otlp: None,
         }
     }
 
@@ -344,6 +374,7 @@ impl Config {
         if let Some(emit) = version("SAGA_EMIT_EVENT_VERSION")? {
             event_versions.emit = emit.min(event_versions.accept);
         }
+        let otlp = otlp(&set)?;
         let defaults = Limits::default();
         let limits = Limits {
             post_every: number("SAGA_POST_RATE")?.map_or(defaults.post_every, |rate| {
@@ -374,8 +405,57 @@ impl Config {
                 ..Faults::default()
             },
             event_versions,
+            otlp,
         })
     }
+}
+
+/// The OTLP exporter's settings, by the OpenTelemetry SDKs' variables: none without an
+/// endpoint; only `http/protobuf` (gRPC would add a second HTTP/2 stack for no gain here,
+/// and JSON is larger).
+fn otlp(set: &impl Fn(&str) -> Option<String>) -> Result<Option<Otlp>, ConfigError> {
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(protocol) = set(name)
+            && protocol.trim() != OTLP_PROTOCOL
+        {
+            return Err(ConfigError::Invalid {
+                name,
+                value: protocol,
+                reason: "only http/protobuf is supported",
+            });
+        }
+    }
+    let (name, traces_url) = match (
+        set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        set("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ) {
+        (Some(url), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url.trim().to_owned()),
+        (None, Some(base)) => (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            Otlp::at(base.trim()).traces_url,
+        ),
+        (None, None) => return Ok(None),
+    };
+    let invalid = |reason| ConfigError::Invalid {
+        name,
+        value: traces_url.clone(),
+        reason,
+    };
+    let url = reqwest::Url::parse(&traces_url).map_err(|_| invalid("expected a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("expected an http:// or https:// URL"));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| invalid("expected a URL with a host"))?;
+    let google_auth = url.scheme() == "https" && host.ends_with(".googleapis.com");
+    Ok(Some(Otlp {
+        traces_url,
+        google_auth,
+    }))
 }
 
 #[cfg(test)]
@@ -535,6 +615,75 @@ mod tests {
         local.extend_from_slice(&on);
         assert!(config(&local).unwrap().faults.chaos);
         assert!(!config(EMULATORS).unwrap().faults.chaos);
+    }
+
+    #[test]
+    fn spans_are_exported_only_to_a_configured_otlp_endpoint_over_http_protobuf() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = CLOUD.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        assert_eq!(with(&[]).unwrap().otlp, None);
+        assert_eq!(
+            with(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
+                .unwrap()
+                .otlp,
+            None,
+            "a protocol alone exports nothing"
+        );
+        let local = with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/")]);
+        assert_eq!(
+            local.unwrap().otlp,
+            Some(Otlp {
+                traces_url: "http://127.0.0.1:4318/v1/traces".into(),
+                google_auth: false
+            })
+        );
+        let google = with(&[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://telemetry.googleapis.com",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(
+            google.unwrap().otlp,
+            Some(Otlp {
+                traces_url: "https://telemetry.googleapis.com/v1/traces".into(),
+                google_auth: true
+            })
+        );
+        let full = with(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4318/custom",
+            ),
+        ]);
+        assert_eq!(
+            full.unwrap().otlp.map(|o| o.traces_url),
+            Some("http://collector:4318/custom".into())
+        );
+        for (name, value) in [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ] {
+            let e = with(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                (name, value),
+            ])
+            .unwrap_err();
+            assert!(
+                e.to_string().contains(name) && e.to_string().contains("http/protobuf"),
+                "{e}"
+            );
+        }
+        for bad in ["127.0.0.1:4318", "ftp://collector", "not a url"] {
+            let e = with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
+            assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`outbox`] and [`publisher`]: events committed with their effect, published after;
 //! - [`step`]: the exactly-once step runtime every push-triggered function is built on;
 //! - [`trace`], [`timeline`]: a saga is one trace, and its history is kept;
+//! - [`spans`], [`otlp`]: each step's span and its Firestore and Pub/Sub calls, exported
+//!   over OTLP when an endpoint is configured;
 //! - [`runtime`], [`config`], [`telemetry`]: what a function's `main` needs;
 //! - [`meter`]: every Firestore and Pub/Sub operation, counted;
 //! - [`chaos`]: faults injected into one request on purpose (`saga chaos`, emulators only).
@@ -19,11 +21,13 @@ pub mod events;
 pub mod keys;
 pub mod meter;
 pub mod order;
+pub mod otlp;
 pub mod outbox;
 pub mod publisher;
 pub mod push;
 pub mod push_auth;
 pub mod runtime;
+pub mod spans;
 pub mod step;
 pub mod store;
 pub mod telemetry;

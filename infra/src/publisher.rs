@@ -12,6 +12,7 @@ use google_cloud_pubsub::model::Message;
 use crate::config::Endpoint;
 use crate::meter::Meter;
 use crate::order::Emitted;
+use crate::spans::{self, Kind, Value};
 use crate::topology::topic_path;
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,17 +109,38 @@ impl EventPublisher {
         let message = Message::new()
             .set_data(record.payload.clone().into_bytes())
             .set_attributes(record.attributes.clone());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(message)).await {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(e)) => Err(PublishError::Failed {
-                event_id: record.event_id.clone(),
-                topic: record.topic.clone(),
-                reason: e.to_string(),
-            }),
-            Err(_) => Err(PublishError::Timeout {
-                event_id: record.event_id.clone(),
-                topic: record.topic.clone(),
-            }),
-        }
+        let publish = async {
+            match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(message)).await {
+                Ok(Ok(id)) => Ok(id),
+                Ok(Err(e)) => Err(PublishError::Failed {
+                    event_id: record.event_id.clone(),
+                    topic: record.topic.clone(),
+                    reason: e.to_string(),
+                }),
+                Err(_) => Err(PublishError::Timeout {
+                    event_id: record.event_id.clone(),
+                    topic: record.topic.clone(),
+                }),
+            }
+        };
+        let attributes = || {
+            vec![
+                ("messaging.system", Value::from("gcp_pubsub")),
+                ("messaging.operation.type", Value::from("send")),
+                (
+                    "messaging.destination.name",
+                    Value::from(record.topic.clone()),
+                ),
+                ("saga.event_id", Value::from(record.event_id.clone())),
+                ("messaging.message.body.size", Value::from(bytes)),
+            ]
+        };
+        spans::call(
+            format!("{} publish", record.topic),
+            Kind::Producer,
+            attributes,
+            publish,
+        )
+        .await
     }
 }

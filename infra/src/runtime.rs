@@ -12,7 +12,9 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
+use crate::otlp::{ExportError, Exporter};
 use crate::publisher::{EventPublisher, PublishError};
+use crate::spans::Tracer;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::topology::Function;
@@ -30,6 +32,8 @@ pub struct Runtime {
     /// What the sweeps cost, apart from what orders cost (the store's and publisher's
     /// meter): a sweep runs on a schedule, whatever the orders.
     pub sweep_meter: crate::meter::Meter,
+    /// Exports the function's spans ([`crate::spans`]); off without an OTLP endpoint.
+    pub tracer: Tracer,
 }
 
 impl Runtime {
@@ -76,10 +80,15 @@ impl Stopping {
 
 /// Cloud Run sends SIGTERM, then SIGKILL 10 s later ("Container runtime contract"; the
 /// instance keeps its CPU between the two). What a stopping function does in that time:
-/// its live streams end at once, and requests in flight get [`DRAIN`] to finish. A request
+/// its live streams end at once, requests in flight get [`DRAIN`] to finish, and the spans
+/// they ended get [`SPAN_FLUSH`] to be exported. A request
 /// cut short costs a redelivery (a push) or an error the client retries, never state: a
 /// function keeps nothing in memory that a commit has not already made durable.
 pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// How long a stopping function waits for its last spans to be exported, after the drain:
+/// within the 10 s before SIGKILL.
+pub const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_millis(1500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -89,6 +98,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -120,6 +131,10 @@ impl Runtime {
                 .map_err(StartupError::from)
             },
         )?;
+        let tracer = match &config.otlp {
+            Some(otlp) => Tracer::new(Exporter::start(function, &config.project_id, otlp)?),
+            None => Tracer::off(),
+        };
         Ok(Runtime {
             function,
             config: Arc::new(config),
@@ -127,6 +142,7 @@ impl Runtime {
             publisher,
             stopping: Stopping::default(),
             sweep_meter: crate::meter::Meter::default(),
+            tracer,
         })
     }
 }
@@ -300,6 +316,7 @@ async fn run(
     }
     let runtime = Runtime::connect(function, config.clone()).await?;
     let stopping = runtime.stopping.clone();
+    let tracer = runtime.tracer.clone();
     let server = Server::bind(function, &config, router(runtime)).await?;
     if let Some(interval) = config.sweep_interval
         && let Some(path) = function.sweep_path()
@@ -314,15 +331,19 @@ async fn run(
         fault_injection = config.fault_injection,
         push_auth = matches!(config.push_auth, crate::config::PushAuth::Oidc(_)),
         sweep_interval_s = config.sweep_interval.map(|i| i.as_secs()),
+        spans_to = config.otlp.as_ref().map(|o| o.traces_url.as_str()),
         "{function} ready"
     );
-    server
+    let served = server
         .run(async move {
             shutdown.await;
             tracing::info!("stopping: streams end, requests in flight finish");
             stopping.trigger();
         })
-        .await?;
+        .await;
+    // What the last requests recorded goes out before the process does.
+    tracer.flush(SPAN_FLUSH).await;
+    served?;
     tracing::info!("{function} stopped");
     Ok(())
 }

@@ -40,6 +40,7 @@ use crate::publisher::PublishError;
 use crate::push::{self, NotDecoded, Poison};
 use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
+use crate::spans::{Attributes, Kind, Value};
 use crate::store::{ParkedMessage, StoreError, Tx, collections};
 use crate::topology::PushSubscription;
 use crate::trace::{TRACEPARENT, TraceContext};
@@ -329,9 +330,13 @@ async fn handle<S: Step>(
             .map(String::as_str),
     );
     let span = step_span(S::NAME, &delivery.event, &trace);
+    let attributes = step_attributes(S::NAME, &delivery.event, Some(&delivery.envelope));
     let delivery_id = delivery.envelope.message.message_id;
-    process(&state, delivery.event, trace, &delivery_id)
-        .instrument(span)
+    let work = process(&state, delivery.event, trace, &delivery_id).instrument(span);
+    state
+        .runtime
+        .tracer
+        .scope(S::NAME, Kind::Server, trace, attributes, work)
         .await
         .map(Json)
 }
@@ -364,10 +369,50 @@ pub async fn run_once<S: Step>(
     };
     let trace = TraceContext::root();
     let span = step_span(S::NAME, &event, &trace);
+    let mut attributes = step_attributes(S::NAME, &event, None);
+    attributes.push(("saga.source", Value::from(source)));
     let delivery_id = format!("{source}-{}", event.event_id);
-    process(&state, event, trace, &delivery_id)
-        .instrument(span)
+    let work = process(&state, event, trace, &delivery_id).instrument(span);
+    runtime
+        .tracer
+        .scope(S::NAME, Kind::Server, trace, attributes, work)
         .await
+}
+
+/// What a step's exported span says besides its ids: the step, the order, the event and,
+/// for a push, the subscription and message.
+fn step_attributes(
+    step: &'static str,
+    event: &Event,
+    push: Option<&push::PushEnvelope>,
+) -> Attributes {
+    let mut attributes: Attributes = vec![
+        ("saga.step", Value::from(step)),
+        ("saga.order_id", Value::from(event.order_id.to_string())),
+        ("saga.event_id", Value::from(event.event_id.to_string())),
+        ("saga.event_type", Value::from(event.body.kind())),
+    ];
+    if let Some(envelope) = push {
+        attributes.extend([
+            ("messaging.system", Value::from("gcp_pubsub")),
+            ("messaging.operation.type", Value::from("process")),
+            (
+                "messaging.destination.subscription.name",
+                Value::from(envelope.subscription.clone()),
+            ),
+            (
+                "messaging.message.id",
+                Value::from(envelope.message.message_id.clone()),
+            ),
+        ]);
+        if let Some(attempt) = envelope.message.delivery_attempt {
+            attributes.push((
+                "messaging.gcp_pubsub.message.delivery_attempt",
+                Value::from(i64::from(attempt)),
+            ));
+        }
+    }
+    attributes
 }
 
 /// One delivery: the step's transaction, then the publish of what it emitted.

@@ -493,3 +493,39 @@ fn terraform_turns_sign_in_on_for_the_frontend() {
     let updated = text.find("\"updated_at\"").expect("then updated_at");
     assert!(user < updated && text.contains("DESCENDING"), "{text}");
 }
+
+#[test]
+fn terraform_exports_every_function_s_spans_to_cloud_trace() {
+    let main = text("terraform/main.tf");
+    for api in ["telemetry.googleapis.com", "cloudtrace.googleapis.com"] {
+        assert!(main.contains(api), "{api} is enabled");
+    }
+    let variables = text("terraform/variables.tf");
+    assert!(
+        variables.contains("default     = \"https://telemetry.googleapis.com\""),
+        "spans go to the Telemetry API unless told otherwise"
+    );
+    let module = parse("terraform/modules/function/main.tf");
+    let grant = blocks(
+        &module,
+        "resource",
+        &["google_project_iam_member", "trace_writer"],
+    )
+    .next()
+    .expect("each function may write spans");
+    let grant = hcl::format::to_string(grant.body()).unwrap();
+    assert!(grant.contains("roles/telemetry.tracesWriter"), "{grant}");
+    assert!(
+        grant.contains("google_service_account.function.email"),
+        "{grant}"
+    );
+    // The variables the function reads (infra/src/config.rs), in the one protocol it speaks.
+    let compact: String = text("terraform/modules/function/main.tf")
+        .split_whitespace()
+        .collect();
+    assert!(compact.contains("OTEL_EXPORTER_OTLP_ENDPOINT=var.otlp_endpoint"));
+    assert!(compact.contains(&format!(
+        "OTEL_EXPORTER_OTLP_PROTOCOL=\"{}\"",
+        saga_infra::config::OTLP_PROTOCOL
+    )));
+}

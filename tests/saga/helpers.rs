@@ -108,6 +108,8 @@ pub struct Options {
     pub limits: Limits,
     /// Users sign in with the Firebase Authentication emulator's tokens.
     pub sign_in: bool,
+    /// Export every function's spans there (OTLP/HTTP).
+    pub otlp: Option<saga_infra::config::Otlp>,
 }
 
 impl Default for Options {
@@ -122,6 +124,7 @@ impl Default for Options {
                 ..Limits::default()
             },
             sign_in: false,
+            otlp: None,
         }
     }
 }
@@ -201,6 +204,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         saga_timeout: options.saga_timeout,
         user_auth,
         limits: options.limits,
+        otlp: options.otlp,
         // Tests sweep explicitly; anything unpublished is due at once.
         outbox_grace: Duration::ZERO,
         ..Config::emulators(&project, &hosts.pubsub, &hosts.firestore)

@@ -19,4 +19,5 @@ mod push_auth;
 mod saga_up;
 mod security;
 mod shutdown;
+mod spans;
 mod transactions;

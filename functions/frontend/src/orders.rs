@@ -19,6 +19,7 @@ use jiff::Timestamp;
 use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus};
 use saga_infra::order::{Emitted, OrderDoc, StepRecord};
 use saga_infra::outbox;
+use saga_infra::spans::{Kind, Value};
 use saga_infra::store::collections;
 use saga_infra::timeline::{self, EntryKind, TimelineEntry};
 use saga_infra::trace::{TRACEPARENT, TraceContext};
@@ -228,8 +229,18 @@ pub(crate) async fn create_order(
         span_id = %trace.span_id_hex(),
         parent_span_id = trace.parent_span_id_hex(),
     );
-    accept(app, order, key, order_id, trace)
-        .instrument(span)
+    // Exported as the saga's first span: the order step's span is its child (the
+    // `traceparent` of the event it publishes).
+    let attributes = vec![
+        ("saga.step", Value::from(STEP)),
+        ("saga.order_id", Value::from(order_id.to_string())),
+        ("http.request.method", Value::from("POST")),
+        ("http.route", Value::from("/order")),
+    ];
+    let tracer = app.rt.tracer.clone();
+    let work = accept(app, order, key, order_id, trace).instrument(span);
+    tracer
+        .scope("POST /order", Kind::Server, trace, attributes, work)
         .await
 }
 

@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use crate::config::Endpoint;
 use crate::events::OrderStatus;
 use crate::meter::Meter;
+use crate::spans::{self, Kind};
 
 /// Where a page of [`Store::orders_due`] ended: the last order's change time and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,19 +173,29 @@ impl Store {
     {
         let what = || format!("reading {collection}/{id}");
         self.meter.read(1);
-        let mut found = self
-            .db
-            .fluent()
-            .select()
-            .by_id_in(collection)
-            .obj::<T>()
-            .batch_with_errors([id])
-            .await
-            .context(what())?;
-        match found.next().await {
-            Some(item) => Ok(item.context(what())?.1),
-            None => Ok(None),
-        }
+        let read = async {
+            let mut found = self
+                .db
+                .fluent()
+                .select()
+                .by_id_in(collection)
+                .obj::<T>()
+                .batch_with_errors([id])
+                .await
+                .context(what())?;
+            match found.next().await {
+                Some(item) => Ok(item.context(what())?.1),
+                None => Ok(None),
+            }
+        };
+        let attributes = || firestore_call("BatchGetDocuments", format!("{collection}/{id}"));
+        spans::call(
+            "firestore BatchGetDocuments",
+            Kind::Client,
+            attributes,
+            read,
+        )
+        .await
     }
 
     /// Writes the whole document, creating or replacing it.
@@ -538,20 +549,33 @@ impl Store {
             }),
         };
         self.meter.commit(1);
-        self.db
-            .client()
-            .get()
-            .commit(CommitRequest {
-                database: self.db.get_database_path().clone(),
-                writes: vec![write],
-                transaction: Vec::new(),
-                request_options: None,
-            })
-            .await
-            .map_err(FirestoreError::from)
-            .context(what())?;
-        Ok(())
+        let commit = async {
+            self.db
+                .client()
+                .get()
+                .commit(CommitRequest {
+                    database: self.db.get_database_path().clone(),
+                    writes: vec![write],
+                    transaction: Vec::new(),
+                    request_options: None,
+                })
+                .await
+                .map_err(FirestoreError::from)
+                .context(what())
+                .map(drop)
+        };
+        let attributes = || firestore_call("Commit", format!("{}/{order_id}", collections::ORDERS));
+        spans::call("firestore Commit", Kind::Client, attributes, commit).await
     }
+}
+
+/// A Firestore call's span attributes: the operation and the document.
+fn firestore_call(operation: &'static str, document: String) -> spans::Attributes {
+    vec![
+        ("db.system.name", spans::Value::from("firestore")),
+        ("db.operation.name", spans::Value::from(operation)),
+        ("saga.documents", spans::Value::from(document)),
+    ]
 }
 
 /// Whether `s` can be one segment of a document path (what Firestore accepts as an id).

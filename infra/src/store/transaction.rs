@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::{Context, Store, StoreError, failure, valid_segment};
 use crate::meter::Meter;
+use crate::spans::{self, Kind, Value};
 
 impl Store {
     /// Runs `f` as one optimistic transaction, retrying it when a document it read was written
@@ -49,6 +50,27 @@ impl Store {
     /// [`Store::transaction`] whose body has errors of its own (`E`), which carry
     /// Firestore's ([`TxError`]): only a transient Firestore error is retried.
     pub async fn transaction_with<T, E, F>(&self, what: &str, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: TxError,
+        F: for<'b> Fn(Tx<'b>) -> BoxFuture<'b, Result<T, E>> + Send + Sync,
+    {
+        let attributes = || {
+            vec![
+                ("db.system.name", Value::from("firestore")),
+                ("saga.transaction", Value::from(what.to_owned())),
+            ]
+        };
+        spans::call(
+            "firestore transaction",
+            Kind::Internal,
+            attributes,
+            self.run_transaction(what, f),
+        )
+        .await
+    }
+
+    async fn run_transaction<T, E, F>(&self, what: &str, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: TxError,
@@ -124,7 +146,7 @@ impl Store {
 
 /// The error of a transaction's body: a Firestore error, or the body's own (a step's
 /// refused status move, say). Only a transient Firestore error is retried.
-pub trait TxError: From<StoreError> + Send {
+pub trait TxError: From<StoreError> + Send + std::fmt::Display {
     /// The Firestore error this is, if it is one.
     fn store(&self) -> Option<&StoreError>;
     /// Says which transaction it ended.
@@ -168,7 +190,6 @@ impl Attempt {
     /// written since it was read) fails them all, as a transient conflict.
     async fn commit(&mut self) -> Result<(), StoreError> {
         use firestore::gcloud_sdk::google::firestore::v1::CommitRequest;
-        use firestore::gcloud_sdk::tonic::Code;
         if self.writes.is_empty() {
             return Ok(());
         }
@@ -180,39 +201,63 @@ impl Attempt {
                 false,
             ));
         }
-        self.meter.commit(self.writes.len());
+        let writes = self.writes.len();
+        self.meter.commit(writes);
         let request = CommitRequest {
             database: self.db.get_database_path().clone(),
             writes: std::mem::take(&mut self.writes),
             transaction: Vec::new(),
             request_options: None,
         };
-        match self.db.client().get().commit(request).await {
-            Ok(_) if crate::chaos::take(crate::chaos::Fault::CommitAnswerLost) => Err(failure(
+        let attributes = || {
+            vec![
+                ("db.system.name", Value::from("firestore")),
+                ("db.operation.name", Value::from("Commit")),
+                ("db.operation.batch.size", Value::from(writes)),
+            ]
+        };
+        let db = &self.db;
+        let outcome = spans::call("firestore Commit", Kind::Client, attributes, async move {
+            commit_outcome(db.client().get().commit(request).await)
+        })
+        .await;
+        if outcome.is_ok() && crate::chaos::take(crate::chaos::Fault::CommitAnswerLost) {
+            return Err(failure(
                 "committing".into(),
                 "deadline-exceeded",
                 "injected: the commit's answer was lost (saga chaos)".into(),
                 false,
-            )),
-            Ok(_) => Ok(()),
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted
-                ) =>
-            {
-                Err(failure(
-                    "committing".into(),
-                    "conflict",
-                    format!(
-                        "a document read was written meanwhile: {}",
-                        status.message()
-                    ),
-                    true,
-                ))
-            }
-            Err(status) => Err(FirestoreError::from(status)).context("committing"),
+            ));
         }
+        outcome
+    }
+}
+
+/// A commit's answer: a failed precondition (a document read was written meanwhile) is a
+/// transient conflict.
+fn commit_outcome<R>(
+    answer: Result<R, firestore::gcloud_sdk::tonic::Status>,
+) -> Result<(), StoreError> {
+    use firestore::gcloud_sdk::tonic::Code;
+    match answer {
+        Ok(_) => Ok(()),
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted
+            ) =>
+        {
+            Err(failure(
+                "committing".into(),
+                "conflict",
+                format!(
+                    "a document read was written meanwhile: {}",
+                    status.message()
+                ),
+                true,
+            ))
+        }
+        Err(status) => Err(FirestoreError::from(status)).context("committing"),
     }
 }
 
@@ -280,9 +325,6 @@ impl Tx<'_> {
     /// them are answered from this read: the same snapshot a get would see, since a
     /// transaction does not read its own queued writes.
     pub async fn read_ahead(&mut self, docs: &[(&str, &str)]) -> Result<(), StoreError> {
-        use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
-        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_request::ConsistencySelector;
-        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_response::Result as Read;
         let what = || format!("reading {} documents in a transaction", docs.len());
         // An id that is not a single path segment is left to `get`, which refuses it.
         let mut names: Vec<String> = docs
@@ -297,6 +339,33 @@ impl Tx<'_> {
             return Ok(());
         }
         self.attempt.meter.read(names.len());
+        // Made now (the read takes the names) and only if the span is recorded.
+        let attributes = spans::recording().then(|| {
+            vec![
+                ("db.system.name", Value::from("firestore")),
+                ("db.operation.name", Value::from("BatchGetDocuments")),
+                ("db.operation.batch.size", Value::from(names.len())),
+                ("saga.documents", Value::from(relative(&names).join(" "))),
+            ]
+        });
+        let read = self.batch_get(names, what);
+        spans::call(
+            "firestore BatchGetDocuments",
+            Kind::Client,
+            move || attributes.unwrap_or_default(),
+            read,
+        )
+        .await
+    }
+
+    async fn batch_get(
+        &mut self,
+        names: Vec<String>,
+        what: impl Fn() -> String,
+    ) -> Result<(), StoreError> {
+        use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
+        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_request::ConsistencySelector;
+        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_response::Result as Read;
         // The fluent API batch-gets from one collection only and does not say when it read,
         // so this is the raw request, through the crate's `client()` escape hatch (its
         // gcloud-sdk types are pinned by Cargo.lock, outside the crate's semver promise).
@@ -404,6 +473,17 @@ impl Tx<'_> {
         }
         Ok(())
     }
+}
+
+/// Documents' names without the database's prefix: `orders/<id>`.
+fn relative(names: &[String]) -> Vec<&str> {
+    names
+        .iter()
+        .map(|name| {
+            name.split_once("/documents/")
+                .map_or(name.as_str(), |(_, path)| path)
+        })
+        .collect()
 }
 
 /// Whether `write` replaces the document named `name`.

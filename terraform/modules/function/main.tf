@@ -32,6 +32,15 @@ resource "google_pubsub_topic_iam_member" "publisher" {
   member   = "serviceAccount:${google_service_account.function.email}"
 }
 
+# Write spans to Cloud Trace through the Telemetry API (OTLP): telemetry.traces.write, and
+# nothing else, when spans are exported.
+resource "google_project_iam_member" "trace_writer" {
+  count   = var.otlp_endpoint == null ? 0 : 1
+  project = var.project_id
+  role    = "roles/telemetry.tracesWriter"
+  member  = "serviceAccount:${google_service_account.function.email}"
+}
+
 resource "google_cloud_run_v2_service" "function" {
   name                = local.service
   location            = var.region
@@ -84,6 +93,17 @@ resource "google_cloud_run_v2_service" "function" {
       env {
         name  = "SAGA_PUSH_IAM_FRONTED"
         value = tostring(!var.public)
+      }
+      # Spans over OTLP/HTTP, protobuf (infra/src/config.rs): the standard variables.
+      dynamic "env" {
+        for_each = var.otlp_endpoint == null ? {} : {
+          OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint
+          OTEL_EXPORTER_OTLP_PROTOCOL = "http/protobuf"
+        }
+        content {
+          name  = env.key
+          value = env.value
+        }
       }
       dynamic "env" {
         for_each = var.env

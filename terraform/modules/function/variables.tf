@@ -87,3 +87,9 @@ variable "env" {
   type        = map(string)
   default     = {}
 }
+
+variable "otlp_endpoint" {
+  description = "Base URL the function exports its spans to over OTLP/HTTP (protobuf); null for none. On *.googleapis.com (the Telemetry API) the function sends its own identity's credentials."
+  type        = string
+  default     = null
+}
