@@ -5,11 +5,11 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use saga_infra::events::{Event, EventBody, OrderDetails, OrderStatus, wire};
-use saga_infra::order::{Emitted, Reservation, ReservationStatus};
-use saga_infra::store::{ItemDoc, UserDoc};
+use saga_contracts::docs::{ItemDoc, UserDoc};
+use saga_contracts::events::{Event, EventBody, OrderDetails, OrderStatus, wire};
+use saga_contracts::order::{Emitted, Reservation, ReservationStatus};
+use saga_contracts::trace::TraceContext;
 use saga_infra::testing::order_at;
-use saga_infra::trace::TraceContext;
 use uuid::Uuid;
 
 fn details() -> OrderDetails {

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use saga_infra::events::OrderStatus;
-use saga_infra::store::{Store, UserDoc, collections};
+use saga_contracts::docs::{UserDoc, collections};
+use saga_contracts::events::OrderStatus;
+use saga_contracts::topology::Function;
+use saga_infra::store::Store;
 use saga_infra::timeline::{self, EntryKind};
-use saga_infra::topology::Function;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;

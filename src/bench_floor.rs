@@ -30,7 +30,7 @@ use saga_infra::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 
-use saga_infra::topology::topic_path;
+use saga_contracts::topology::topic_path;
 
 use crate::bench::{BenchArgs, BenchError, Floor, Latency, procfs};
 use crate::up::Stack;

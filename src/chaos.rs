@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use saga_contracts::topology::{Function, PUSH_SUBSCRIPTIONS, PushSubscription};
 use saga_infra::chaos::{self, Fault};
 use saga_infra::config::Endpoint;
 use saga_infra::store::Store;
-use saga_infra::topology::{Function, PUSH_SUBSCRIPTIONS, PushSubscription};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -782,8 +782,8 @@ async fn settle(
     loop {
         let mut open = Vec::new();
         for id in placed {
-            let order: Option<saga_infra::order::OrderDoc> = store
-                .get(saga_infra::store::collections::ORDERS, id)
+            let order: Option<saga_contracts::order::OrderDoc> = store
+                .get(saga_contracts::docs::collections::ORDERS, id)
                 .await?;
             match order.map(|o| o.status()) {
                 Some(s) if s.is_terminal() => {}

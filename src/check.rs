@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use saga_infra::events::OrderStatus;
-use saga_infra::order::{OrderDoc, PaymentStatus, ReservationStatus};
-use saga_infra::store::{ItemDoc, StockShard, Store, StoreError, UserDoc, collections};
+use saga_contracts::docs::{ItemDoc, StockShard, UserDoc, collections};
+use saga_contracts::events::OrderStatus;
+use saga_contracts::order::{OrderDoc, PaymentStatus, ReservationStatus};
+use saga_infra::store::{Store, StoreError};
 use serde::Serialize;
 
 /// What the data started from: stock per item and balance per user.

@@ -13,8 +13,8 @@ pub mod supervisor;
 pub mod up;
 
 use axum::Router;
+use saga_contracts::topology::Function;
 use saga_infra::Runtime;
-use saga_infra::topology::Function;
 
 /// The router of `function`: what its binary serves, what `saga up` and the tests run.
 pub fn router_for(function: Function) -> fn(Runtime) -> Router {

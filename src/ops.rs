@@ -9,11 +9,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use indicatif::{ProgressBar, ProgressStyle};
 use jiff::Timestamp;
+use saga_contracts::docs::{ParkedMessage, collections};
+use saga_contracts::topology::{PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS};
 use saga_infra::config::Endpoint;
 use saga_infra::push::PushEnvelope;
-use saga_infra::store::{ParkedMessage, Store, StoreError, collections};
+use saga_infra::store::{Store, StoreError};
 use saga_infra::timeline::{self, EntryKind};
-use saga_infra::topology::{PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS};
 
 use crate::pubsub_rest::{PubsubRest, Received, RestError};
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use saga_infra::topology::Function;
+use saga_contracts::topology::Function;
 use serde::Serialize;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};

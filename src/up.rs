@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use saga_contracts::topology::{Function, PushSubscription};
 use saga_emulator::{AuthEmulator, Emulator, Kind, SeedMode};
 use saga_infra::config::{Config, Endpoint, FirebaseAuth, UserAuth};
 use saga_infra::store::Store;
-use saga_infra::topology::{Function, PushSubscription};
 use tokio::process::{Child, Command};
 
 use crate::check::Mode;

@@ -1,10 +1,10 @@
 //! Creates the topology (topics, dead-letter topics, push and pull subscriptions) on the
-//! Pub/Sub emulator, from [`saga_infra::topology`]. Idempotent: what exists is left as is.
+//! Pub/Sub emulator, from [`saga_contracts::topology`]. Idempotent: what exists is left as is.
 
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::{DeadLetterPolicy, PushConfig, Subscription};
-use saga_infra::topology::{
+use saga_contracts::topology::{
     self, PULL_SUBSCRIPTIONS, PUSH_SUBSCRIPTIONS, PushSubscription, subscription_path, topic_path,
 };
 

@@ -1,15 +1,31 @@
 //! The seed data of the original design: a catalogue with stock, users with balances.
 
-use saga_infra::store::{
-    ItemDoc, StockShard, Store, StoreError, UserDoc, collections, stock_shard_id,
-};
+use saga_infra::store::{Store, StoreError};
+
+use saga_contracts::docs::{ItemDoc, StockShard, UserDoc, collections, stock_shard_id};
+
+/// The seeded stock of each item, and its price.
+pub const WIDGET_STOCK: i64 = 10_000;
+pub const WIDGET_PRICE: i64 = 10;
+pub const WOTSIT_STOCK: i64 = 20_000;
+pub const WOTSIT_PRICE: i64 = 15;
+/// jack's and jill's seeded balance: the original design's examples many times over.
+pub const BALANCE: i64 = 100_000;
+/// penny's: not even one widget (a real payment failure, no fault switch).
+pub const PENNY_BALANCE: i64 = 5;
 
 /// `(item, price, stock)`.
-pub const ITEMS: [(&str, i64, i64); 2] = [("widget", 10, 10_000), ("wotsit", 15, 20_000)];
+pub const ITEMS: [(&str, i64, i64); 2] = [
+    ("widget", WIDGET_PRICE, WIDGET_STOCK),
+    ("wotsit", WOTSIT_PRICE, WOTSIT_STOCK),
+];
 
-/// `(user, balance)`: jack and jill can afford the original design's examples many times
-/// over; penny cannot afford even one widget (a real payment failure, no fault switch).
-pub const USERS: [(&str, i64); 3] = [("jack", 100_000), ("jill", 100_000), ("penny", 5)];
+/// `(user, balance)`.
+pub const USERS: [(&str, i64); 3] = [
+    ("jack", BALANCE),
+    ("jill", BALANCE),
+    ("penny", PENNY_BALANCE),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeedMode {

@@ -17,10 +17,8 @@
 
 pub mod chaos;
 pub mod config;
-pub mod events;
 pub mod keys;
 pub mod meter;
-pub mod order;
 pub mod otlp;
 pub mod outbox;
 pub mod publisher;
@@ -34,7 +32,9 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod timeline;
-pub mod topology;
-pub mod trace;
 
 pub use runtime::Runtime;
+
+// The contracts, under the names the runtime's modules use for them (`crate::events`, ...).
+// Not re-exported: the functions and tools name them from `saga_contracts`.
+use saga_contracts::{docs, events, order, topology, trace};

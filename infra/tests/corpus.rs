@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use saga_infra::events::wire::{self, Undecodable};
-use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_contracts::events::wire::{self, Undecodable};
+use saga_contracts::events::{Event, EventBody, FailureReason, OrderDetails};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saga_infra::topology::Function;
+use saga_contracts::topology::Function;
 
 #[derive(Parser)]
 #[command(

@@ -1,8 +1,8 @@
 //! Bad input gets a clear 4xx naming the field and writes nothing; poison pushes are parked.
 
-use saga_infra::events::{Event, EventBody, OrderDetails};
-use saga_infra::store::{ParkedMessage, collections};
-use saga_infra::topology::Function;
+use saga_contracts::docs::{ParkedMessage, collections};
+use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::topology::Function;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

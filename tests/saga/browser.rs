@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use saga_infra::topology::Function;
+use saga_contracts::topology::Function;
 use serde_json::json;
 
 use crate::helpers::spawn_app;
@@ -34,12 +34,25 @@ async fn chromedriver() -> Driver {
         .spawn()
         .expect("starting chromedriver");
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{url}/status")).await.is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
+    let status = format!("{url}/status");
+    wait_until(20, "chromedriver to start", async || {
+        reqwest::get(&status).await.ok().map(|_| ())
+    })
+    .await;
+    Driver { child, url }
+}
+
+/// Asks `probe` every 100 ms until it answers, and fails the test, saying what it waited
+/// for, after `secs` seconds.
+async fn wait_until<T>(secs: u64, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "waited {secs} s for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Driver { child, url }
 }
 
 async fn browser(driver: &Driver) -> Client {
@@ -65,24 +78,22 @@ async fn browser(driver: &Driver) -> Client {
 
 /// Waits until the order row of the page's newest order says `status`; returns (id, reason).
 async fn wait_for_row(client: &Client, id: &str, status: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
     let row = format!("tr[data-order-id='{id}']");
-    loop {
-        if let Ok(cell) = client.find(Locator::Css(&format!("{row} td.status"))).await
-            && cell.text().await.unwrap_or_default() == status
-        {
-            let reason = client
-                .find(Locator::Css(&format!("{row} td.reason")))
-                .await
-                .unwrap();
-            return reason.text().await.unwrap();
+    wait_until(60, &format!("order {id} to show {status}"), async || {
+        let cell = client
+            .find(Locator::Css(&format!("{row} td.status")))
+            .await
+            .ok()?;
+        if cell.text().await.unwrap_or_default() != status {
+            return None;
         }
-        assert!(
-            Instant::now() < deadline,
-            "order {id} never showed {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let reason = client
+            .find(Locator::Css(&format!("{row} td.reason")))
+            .await
+            .ok()?;
+        reason.text().await.ok()
+    })
+    .await
 }
 
 /// Places an order from the form and returns its id (from the row that appears).
@@ -114,18 +125,13 @@ async fn place(
         .click()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(new) = ids(client)
+    wait_until(20, "the order's row", async || {
+        ids(client)
             .await
             .into_iter()
             .find(|id| !before.contains(id))
-        {
-            return new;
-        }
-        assert!(Instant::now() < deadline, "the order never appeared");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 async fn ids(client: &Client) -> Vec<String> {
@@ -186,21 +192,11 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
         .click()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = client
-            .find(Locator::Id("error"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("user") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no error shown: {text:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(10, "the API's error about user", async || {
+        let text = text_of(&client, "#error").await;
+        text.contains("user").then_some(())
+    })
+    .await;
 
     // The failed order's timeline.
     client
@@ -210,26 +206,16 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
         .click()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let timeline = client
-            .find(Locator::Id("timeline"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if timeline.contains("janitor") {
-            assert!(
-                timeline.contains("COMPENSATED (payment-error)"),
-                "{timeline}"
-            );
-            assert!(timeline.contains("inventory"), "{timeline}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no timeline: {timeline}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let timeline = wait_until(10, "the failed order's timeline", async || {
+        let timeline = text_of(&client, "#timeline").await;
+        timeline.contains("janitor").then_some(timeline)
+    })
+    .await;
+    assert!(
+        timeline.contains("COMPENSATED (payment-error)"),
+        "{timeline}"
+    );
+    assert!(timeline.contains("inventory"), "{timeline}");
     // The picture: a lane per step, an arrow per event consumed, the compensation marked;
     // the stock it took, given back.
     assert_eq!(count(&client, "#saga-picture g.lane").await, 5);
@@ -247,11 +233,10 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
         .click()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&client, "#touched li.balance.CAPTURED").await != 1 {
-        assert!(Instant::now() < deadline, "no picture of {good}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(10, "the completed order's picture", async || {
+        (count(&client, "#touched li.balance.CAPTURED").await == 1).then_some(())
+    })
+    .await;
     assert_eq!(count(&client, "#touched li.stock.RESERVED").await, 1);
     // order-requested, order-created, inventory-reserved (payment-created goes to people).
     assert_eq!(count(&client, "#saga-picture g.arrow").await, 3);
@@ -274,6 +259,13 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
     client.close().await.unwrap();
     let _ = driver.child.kill().await;
     app.assert_invariants().await;
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    match client.find(Locator::Css(css)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 async fn count(client: &Client, css: &str) -> usize {
@@ -341,13 +333,11 @@ async fn an_operator_sees_parked_messages_and_dead_letters_and_redrives_one() {
     client.goto(&format!("http://{console}/")).await.unwrap();
     assert_eq!(client.title().await.unwrap(), "Saga console");
     let dead = "#letters tr[data-place='order-created-sub-dlq-sub']";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(&client, dead).await != 1
-        || count(&client, "#letters tr[data-place='parked']").await != 1
-    {
-        assert!(Instant::now() < deadline, "the letters never showed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(20, "the parked message and the dead letter", async || {
+        let parked = count(&client, "#letters tr[data-place='parked']").await;
+        (count(&client, dead).await == 1 && parked == 1).then_some(())
+    })
+    .await;
     let row = client
         .find(Locator::Css(dead))
         .await
@@ -372,21 +362,16 @@ async fn an_operator_sees_parked_messages_and_dead_letters_and_redrives_one() {
         .click()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let redelivered = app
-            .order_doc(order)
-            .await
-            .unwrap()
-            .duplicates
-            .iter()
-            .any(|d| d.step == "inventory");
-        if redelivered && count(&client, dead).await == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not redriven");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        30,
+        "the letter redriven and taken by inventory",
+        async || {
+            let order = app.order_doc(order).await?;
+            let redelivered = order.duplicates.iter().any(|d| d.step == "inventory");
+            (redelivered && count(&client, dead).await == 0).then_some(())
+        },
+    )
+    .await;
     assert_eq!(count(&client, "#letters tr[data-place='parked']").await, 1);
     client.close().await.unwrap();
     let _ = driver.child.kill().await;

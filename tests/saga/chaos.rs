@@ -5,8 +5,8 @@
 use std::process::Output;
 use std::time::Duration;
 
+use saga_contracts::docs::{UserDoc, collections};
 use saga_infra::config::Endpoint;
-use saga_infra::store::{UserDoc, collections};
 use tokio::process::Command;
 
 use crate::helpers::{TestApp, spawn_app};

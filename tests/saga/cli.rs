@@ -94,7 +94,7 @@ async fn the_cli_has_help_consistent_flags_and_exit_codes_scripts_can_trust() {
     // Stock moved behind the saga's back: check says so, with exit code 1.
     app.store
         .set(
-            saga_infra::store::collections::INVENTORY,
+            saga_contracts::docs::collections::INVENTORY,
             "widget",
             &json!({"price": 10, "stock": 5}),
         )

@@ -19,12 +19,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, Validation};
+use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::topology::Function;
 use saga_infra::config::PushAuth;
-use saga_infra::events::{Event, EventBody, OrderDetails};
 use saga_infra::keys::{KeyCache, Policy};
 use saga_infra::push_auth::{GOOGLE_ISSUERS, OidcSettings, SIGNATURE_REMOVED};
 use saga_infra::testing::{KEY_1, KEY_2, KeyServer, PUSHER, google_claims, strip_signature};
-use saga_infra::topology::Function;
 use serde_json::Value;
 use uuid::Uuid;
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use saga::ops::{self, Selection};
-use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_contracts::events::{Event, EventBody, FailureReason, OrderDetails};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};

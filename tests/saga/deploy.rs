@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use hcl::eval::{Context, Evaluate};
-use saga_infra::store::collections;
-use saga_infra::topology::{Function, PULL_SUBSCRIPTIONS, TOPICS};
+use saga_contracts::docs::collections;
+use saga_contracts::topology::{Function, PULL_SUBSCRIPTIONS, TOPICS};
 use serde_json::{Value, json};
 
 fn root() -> &'static Path {

@@ -1,13 +1,14 @@
 //! At-least-once delivery: the same push many times, some at once, has one effect and
 //! re-emits one event id.
 
+use saga_emulator::seed::{BALANCE, WIDGET_STOCK, WOTSIT_STOCK};
 use std::collections::HashSet;
 
 use futures::future::join_all;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails};
-use saga_infra::order::ReservationStatus;
+use saga_contracts::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_contracts::order::ReservationStatus;
+use saga_contracts::topology::Function;
 use saga_infra::timeline::EntryKind;
-use saga_infra::topology::Function;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -83,8 +84,12 @@ async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered
     deliver_20_times(&app, Function::Payments, &reserved).await;
 
     assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
-    assert_eq!(app.stock("widget").await, 10_000 - 3, "stock taken once");
-    assert_eq!(app.balance("jack").await, 100_000 - 30, "charged once");
+    assert_eq!(
+        app.stock("widget").await,
+        WIDGET_STOCK - 3,
+        "stock taken once"
+    );
+    assert_eq!(app.balance("jack").await, BALANCE - 30, "charged once");
 
     let order = app.order_doc(id).await.unwrap();
     let mut ran: Vec<&str> = order.steps.iter().map(|s| s.step.as_str()).collect();
@@ -142,8 +147,12 @@ async fn the_janitor_compensates_once_however_often_the_error_arrives() {
     );
     let acks = deliver_20_times(&app, Function::Janitor, &failed).await;
     assert!(acks.iter().all(|a| ack_kind(a) == "duplicate"), "{acks:?}");
-    assert_eq!(app.stock("wotsit").await, 20_000, "released exactly once");
-    assert_eq!(app.balance("jill").await, 100_000);
+    assert_eq!(
+        app.stock("wotsit").await,
+        WOTSIT_STOCK,
+        "released exactly once"
+    );
+    assert_eq!(app.balance("jill").await, BALANCE);
     let order = app.order_doc(id).await.unwrap();
     let reservation = order
         .reservation
@@ -196,6 +205,6 @@ async fn an_idempotency_key_replay_returns_the_same_order_and_starts_no_second_s
     assert_eq!(error["field"], "Idempotency-Key");
 
     assert_eq!(app.orders().await.len(), 1, "one order for the key");
-    assert_eq!(app.stock("widget").await, 10_000 - 2);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK - 2);
     app.assert_invariants().await;
 }

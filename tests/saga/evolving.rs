@@ -3,15 +3,16 @@
 //! saga is without a backstop (an order stuck before its creation times out; one unreadable
 //! order does not stop a sweep; `saga check` reads one snapshot and lists what was parked).
 
+use saga_emulator::seed::WIDGET_STOCK;
 use std::time::Duration;
 
 use futures::future::join_all;
 use saga::check::{Mode, check};
-use saga_infra::events::wire::{self, EventVersions};
-use saga_infra::events::{Event, EventBody, OrderDetails};
-use saga_infra::store::{ParkedMessage, collections};
+use saga_contracts::docs::{ParkedMessage, collections};
+use saga_contracts::events::wire::{self, EventVersions};
+use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::topology::Function;
 use saga_infra::testing::UnreadableOrder;
-use saga_infra::topology::Function;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -279,7 +280,7 @@ async fn an_order_stuck_before_its_creation_times_out_and_a_late_creation_change
     assert!(late.outcome.contains("COMPENSATED"), "{late:?}");
     assert_eq!(late.emitted, None);
     assert_eq!(app.get_order(id).await["status"], "COMPENSATED");
-    assert_eq!(app.stock("widget").await, 10_000);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK);
     let report = check(&app.store, &app.baseline, Mode::InFlight { stuck_after })
         .await
         .unwrap();
@@ -375,7 +376,7 @@ async fn saga_check_lists_parked_messages_and_dead_letters() {
         dead["message"]["data"].as_str().unwrap(),
     )
     .unwrap();
-    let dead_letter_topic = saga_infra::topology::PUSH_SUBSCRIPTIONS
+    let dead_letter_topic = saga_contracts::topology::PUSH_SUBSCRIPTIONS
         .iter()
         .find(|s| s.name == "order-created-sub")
         .unwrap()

@@ -1,6 +1,7 @@
-use saga_infra::events::{Event, EventBody, FailureReason, OrderDetails};
-use saga_infra::order::ReservationStatus;
-use saga_infra::topology::Function;
+use saga_contracts::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_contracts::order::ReservationStatus;
+use saga_contracts::topology::Function;
+use saga_emulator::seed::{BALANCE, WIDGET_STOCK, WOTSIT_STOCK};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -15,8 +16,8 @@ async fn not_enough_stock_is_compensated_and_nothing_moves() {
     let order = app.wait_terminal(id).await;
     assert_eq!(order["status"], "COMPENSATED");
     assert_eq!(order["reason"], "insufficient-stock");
-    assert_eq!(app.stock("wotsit").await, 20_000);
-    assert_eq!(app.balance("jill").await, 100_000);
+    assert_eq!(app.stock("wotsit").await, WOTSIT_STOCK);
+    assert_eq!(app.balance("jill").await, BALANCE);
     assert!(app.order_doc(id).await.unwrap().reservation.is_none());
 
     // The failure is visible on error-cli-sub without stealing it from the janitor.
@@ -40,8 +41,8 @@ async fn a_failed_payment_releases_exactly_the_reserved_stock() {
     let order = app.wait_terminal(id).await;
     assert_eq!(order["status"], "COMPENSATED");
     assert_eq!(order["reason"], "payment-error");
-    assert_eq!(app.stock("wotsit").await, 20_000);
-    assert_eq!(app.balance("jill").await, 100_000);
+    assert_eq!(app.stock("wotsit").await, WOTSIT_STOCK);
+    assert_eq!(app.balance("jill").await, BALANCE);
     let doc = app.order_doc(id).await.unwrap();
     let reservation = doc.reservation.unwrap();
     assert_eq!(
@@ -80,9 +81,9 @@ async fn a_real_payment_failure_an_unknown_user_and_an_unknown_item_are_compensa
     let stranger = app.order_doc(stranger).await.unwrap();
     assert!(stranger.step("inventory").is_none());
     assert!(stranger.reservation.is_none());
-    assert_eq!(app.stock("widget").await, 10_000);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK);
     assert_eq!(app.balance("penny").await, 5);
-    assert_eq!(app.balance("jack").await, 100_000);
+    assert_eq!(app.balance("jack").await, BALANCE);
     app.assert_invariants().await;
 }
 
@@ -121,13 +122,13 @@ async fn a_failure_that_overtakes_the_order_leaves_a_tombstone_the_late_order_re
         (order["status"].as_str(), order["reason"].as_str()),
         (Some("COMPENSATED"), Some("timeout"))
     );
-    assert_eq!(app.stock("widget").await, 10_000);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK);
     app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_payment_gives_a_sharded_item_back_exactly_what_it_took_from_each_shard() {
-    use saga_infra::store::{StockShard, collections};
+    use saga_contracts::docs::{StockShard, collections};
     let mut app = crate::helpers::spawn_app().await;
     app.add_item("gizmo", 2, 10, 4).await;
     let shards_before: Vec<(String, StockShard)> = app.docs(collections::STOCK_SHARDS).await;

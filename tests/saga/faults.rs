@@ -1,13 +1,14 @@
 //! The fault suite: break things on purpose, then check the saga's invariants from Firestore
 //! (every saga over, stock and money conserved, the outbox published, one event per step).
 
+use saga_emulator::seed::{BALANCE, WIDGET_STOCK};
 use std::time::Duration;
 
 use futures::future::join_all;
+use saga_contracts::docs::collections;
+use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::topology::Function;
 use saga_infra::config::Endpoint;
-use saga_infra::events::{Event, EventBody, OrderDetails};
-use saga_infra::store::collections;
-use saga_infra::topology::Function;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -42,7 +43,7 @@ async fn a_stage_offline_delays_sagas_but_every_one_completes() {
     for id in ids {
         assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
     }
-    assert_eq!(app.stock("widget").await, 10_000 - 15);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK - 15);
     app.assert_invariants().await;
 }
 
@@ -58,7 +59,7 @@ async fn a_crash_after_commit_is_recovered_by_the_redelivery() {
     // The first delivery committed the reservation and "crashed"; Pub/Sub redelivers, the
     // step finds its record and publishes the pending event.
     assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
-    assert_eq!(app.stock("widget").await, 10_000 - 4);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK - 4);
     app.assert_invariants().await;
 }
 
@@ -147,7 +148,7 @@ async fn events_out_of_order_and_repeated_end_in_the_right_state() {
     assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
     let (status, body) = app.push(Function::Payments, &reserved).await;
     assert_eq!((status, ack_kind(&body)), (200, "duplicate"), "{body}");
-    assert_eq!(app.balance("jack").await, 100_000 - 30, "charged once");
+    assert_eq!(app.balance("jack").await, BALANCE - 30, "charged once");
     app.assert_invariants().await;
 }
 
@@ -230,7 +231,7 @@ async fn a_stuck_saga_times_out_and_its_late_event_changes_nothing() {
     );
     assert_eq!(
         app.stock("widget").await,
-        10_000,
+        WIDGET_STOCK,
         "the reservation was released"
     );
 
@@ -240,7 +241,7 @@ async fn a_stuck_saga_times_out_and_its_late_event_changes_nothing() {
     let late = app.wait_for_step(id, "payments").await;
     assert!(late.outcome.contains("COMPENSATED"), "{late:?}");
     assert_eq!(late.emitted, None);
-    assert_eq!(app.balance("jack").await, 100_000, "no charge");
+    assert_eq!(app.balance("jack").await, BALANCE, "no charge");
     assert_eq!(app.get_order(id).await["status"], "COMPENSATED");
     let again = app.sweep(Function::Janitor).await;
     assert_eq!(again["stuck"], 0, "{again}");

@@ -1,6 +1,7 @@
-use saga_infra::events::{EventBody, OrderStatus};
-use saga_infra::order::{PaymentStatus, ReservationStatus};
-use saga_infra::topology::Function;
+use saga_contracts::events::{EventBody, OrderStatus};
+use saga_contracts::order::{PaymentStatus, ReservationStatus};
+use saga_contracts::topology::Function;
+use saga_emulator::seed::{BALANCE, WIDGET_STOCK, WOTSIT_STOCK};
 use serde_json::json;
 
 use crate::helpers::spawn_app;
@@ -22,8 +23,8 @@ async fn an_order_completes_once_and_its_payment_event_can_be_pulled() {
     let order = app.wait_terminal(id).await;
     assert_eq!(order["status"], "COMPLETED", "{order}");
     assert_eq!(order["amount"], 50);
-    assert_eq!(app.stock("widget").await, 10_000 - 5);
-    assert_eq!(app.balance("jack").await, 100_000 - 50);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK - 5);
+    assert_eq!(app.balance("jack").await, BALANCE - 50);
     let doc = app.order_doc(id).await.unwrap();
     let payment = doc.payment.unwrap();
     assert_eq!(
@@ -57,10 +58,10 @@ async fn the_original_designs_examples_complete() {
     for id in [widget, wotsit] {
         assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
     }
-    assert_eq!(app.stock("widget").await, 10_000 - 50);
-    assert_eq!(app.stock("wotsit").await, 20_000 - 80);
-    assert_eq!(app.balance("jack").await, 100_000 - 500);
-    assert_eq!(app.balance("jill").await, 100_000 - 1_200);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK - 50);
+    assert_eq!(app.stock("wotsit").await, WOTSIT_STOCK - 80);
+    assert_eq!(app.balance("jack").await, BALANCE - 500);
+    assert_eq!(app.balance("jill").await, BALANCE - 1_200);
     app.assert_invariants().await;
 }
 
@@ -107,11 +108,15 @@ async fn seeding_is_idempotent_and_can_reset_to_the_seed_state() {
         0,
         "nothing missing"
     );
-    assert_eq!(app.stock("widget").await, 10_000 - 7, "existing data kept");
+    assert_eq!(
+        app.stock("widget").await,
+        WIDGET_STOCK - 7,
+        "existing data kept"
+    );
 
     assert_eq!(seed(&app.store, SeedMode::Reset).await.unwrap(), 5);
-    assert_eq!(app.stock("widget").await, 10_000);
-    assert_eq!(app.balance("jack").await, 100_000);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK);
+    assert_eq!(app.balance("jack").await, BALANCE);
     assert_eq!(
         app.balance("penny").await,
         5,

@@ -7,14 +7,15 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use saga::check::{Baseline, check_settled};
+use saga_contracts::docs::{ItemDoc, UserDoc, collections};
+use saga_contracts::events::Event;
+use saga_contracts::order::{OrderDoc, StepRecord};
+use saga_contracts::topology::Function;
 use saga_emulator::{AuthEmulator, Emulator, Kind, Overrides, SeedMode};
 use saga_infra::config::{Config, FirebaseAuth, Limits, UserAuth};
-use saga_infra::events::Event;
-use saga_infra::order::{OrderDoc, StepRecord};
 use saga_infra::runtime::{Runtime, Server};
-use saga_infra::store::{ItemDoc, Store, UserDoc, collections};
+use saga_infra::store::Store;
 use saga_infra::telemetry::{CloudLogging, MemoryWriter};
-use saga_infra::topology::Function;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{OnceCell, oneshot};
@@ -536,10 +537,10 @@ impl TestApp {
             let ack_ids: Vec<String> = received.iter().map(|m| m.ack_id.clone()).collect();
             for m in received {
                 let attributes = m.attributes.clone().into_iter().collect();
-                let event = saga_infra::events::wire::decode(
+                let event = saga_contracts::events::wire::decode(
                     &m.data,
                     &attributes,
-                    saga_infra::events::wire::CURRENT,
+                    saga_contracts::events::wire::CURRENT,
                 )
                 .expect("an event");
                 messages.push((event, m.attributes));

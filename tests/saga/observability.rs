@@ -1,13 +1,14 @@
 //! Seeing and steering a running saga: one trace per saga, Cloud Logging lines that carry
 //! it, the timeline, replay, and dead letters.
 
+use saga_emulator::seed::WIDGET_STOCK;
 use std::time::Duration;
 
 use saga::ops::{self, ReplayArgs, Selection, Target};
-use saga_infra::events::EventBody;
-use saga_infra::store::{ParkedMessage, collections};
-use saga_infra::topology::Function;
-use saga_infra::trace::TraceContext;
+use saga_contracts::docs::{ParkedMessage, collections};
+use saga_contracts::events::EventBody;
+use saga_contracts::topology::Function;
+use saga_contracts::trace::TraceContext;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -222,7 +223,7 @@ async fn replayed_history_reaches_consumers_and_changes_nothing_for_those_that_h
         assert!(std::time::Instant::now() < deadline, "{history}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(app.stock("widget").await, 10_000 - 3);
+    assert_eq!(app.stock("widget").await, WIDGET_STOCK - 3);
     app.assert_invariants().await;
 }
 

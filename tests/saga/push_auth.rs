@@ -3,11 +3,11 @@
 //! account, and processes those with one; on the emulator, which opens a connection for
 //! every push and never reuses one, a push route closes its connection after answering.
 
+use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::topology::Function;
 use saga_infra::config::PushAuth;
-use saga_infra::events::{Event, EventBody, OrderDetails};
 use saga_infra::push_auth::OidcSettings;
 use saga_infra::testing::{KEY_1, KeyServer, PUSHER, google_claims};
-use saga_infra::topology::Function;
 use uuid::Uuid;
 
 use crate::helpers::{Options, ack_kind, spawn_app, spawn_app_with};

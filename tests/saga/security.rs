@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use saga_contracts::topology::Function;
 use saga_emulator::AuthEmulator;
 use saga_infra::config::{Endpoint, Limits};
-use saga_infra::topology::Function;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use saga_infra::topology::Function;
+use saga_contracts::topology::Function;
 use serde_json::json;
 use tokio::process::Command;
 
@@ -85,7 +85,7 @@ async fn a_frontend_with_open_streams_stops_within_cloud_runs_grace_and_loses_no
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = app.order_doc(id).await.map(|o| o.status());
-        if status == Some(saga_infra::events::OrderStatus::Completed) {
+        if status == Some(saga_contracts::events::OrderStatus::Completed) {
             break;
         }
         assert!(

@@ -16,9 +16,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
+use saga_contracts::topology::Function;
+use saga_contracts::trace::TraceContext;
 use saga_infra::config::Otlp;
-use saga_infra::topology::Function;
-use saga_infra::trace::TraceContext;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

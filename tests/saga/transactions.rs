@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::FutureExt;
 use jiff::Timestamp;
+use saga_contracts::docs::{UserDoc, collections};
+use saga_contracts::events::{OrderDetails, OrderStatus};
+use saga_contracts::order::{Duplicate, OrderDoc};
 use saga_infra::config::Endpoint;
-use saga_infra::events::{OrderDetails, OrderStatus};
-use saga_infra::order::{Duplicate, OrderDoc};
-use saga_infra::store::{Store, StoreError, UserDoc, collections};
+use saga_infra::store::{Store, StoreError};
 use uuid::Uuid;
 
 use crate::helpers::hosts;

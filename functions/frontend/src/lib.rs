@@ -22,11 +22,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use saga_contracts::topology::Function;
 use saga_infra::Runtime;
 use saga_infra::outbox::{self, SweepReport};
 use saga_infra::step::{self, PushError};
 use saga_infra::store::StoreError;
-use saga_infra::topology::Function;
 use uuid::Uuid;
 
 pub use orders::{HistoryEntry, OrderView, keyed_order_id};

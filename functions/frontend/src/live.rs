@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use saga_infra::order::OrderDoc;
+use saga_contracts::order::OrderDoc;
 use saga_infra::store::{Change, Store, StoreError, Target, Watch};
 use tokio::sync::watch;
 

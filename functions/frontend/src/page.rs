@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::Html;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use futures::StreamExt;
-use saga_infra::order::OrderDoc;
+use saga_contracts::order::OrderDoc;
 
 use crate::auth::Caller;
 use crate::live::List;

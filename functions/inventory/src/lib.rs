@@ -6,11 +6,12 @@ use axum::Router;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
+use saga_contracts::docs::{ItemDoc, StockShard, collections, stock_shard_id};
+use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
+use saga_contracts::order::{Allocation, OrderDoc, Reservation, ReservationStatus};
 use saga_infra::Runtime;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
-use saga_infra::order::{Allocation, OrderDoc, Reservation, ReservationStatus};
 use saga_infra::step::{self, Outcome, Step, StepError};
-use saga_infra::store::{ItemDoc, StockShard, Tx, collections, stock_shard_id};
+use saga_infra::store::Tx;
 
 /// What to do for an order, carrying what it acts on.
 #[derive(Debug, PartialEq)]

@@ -1,7 +1,7 @@
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     saga_infra::runtime::main(
-        saga_infra::topology::Function::Janitor,
+        saga_contracts::topology::Function::Janitor,
         saga_janitor::router,
     )
     .await

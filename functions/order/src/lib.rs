@@ -5,11 +5,12 @@ use axum::Router;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
+use saga_contracts::docs::{UserDoc, collections};
+use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
+use saga_contracts::order::OrderDoc;
 use saga_infra::Runtime;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
-use saga_infra::order::OrderDoc;
 use saga_infra::step::{self, Outcome, Step, StepError};
-use saga_infra::store::{Tx, UserDoc, collections};
+use saga_infra::store::Tx;
 
 /// What to do with an order request, carrying the order it acts on.
 #[derive(Debug, PartialEq)]
@@ -80,7 +81,7 @@ pub fn router(runtime: Runtime) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use saga_infra::events::OrderDetails;
+    use saga_contracts::events::OrderDetails;
 
     fn requested() -> Event {
         Event::new(

@@ -1,4 +1,8 @@
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    saga_infra::runtime::main(saga_infra::topology::Function::Order, saga_order::router).await
+    saga_infra::runtime::main(
+        saga_contracts::topology::Function::Order,
+        saga_order::router,
+    )
+    .await
 }

@@ -6,11 +6,12 @@ use axum::Router;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
+use saga_contracts::docs::{UserDoc, collections};
+use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
+use saga_contracts::order::{OrderDoc, Payment, PaymentStatus};
 use saga_infra::Runtime;
-use saga_infra::events::{Event, EventBody, FailureReason, OrderStatus};
-use saga_infra::order::{OrderDoc, Payment, PaymentStatus};
 use saga_infra::step::{self, Outcome, Step, StepError};
-use saga_infra::store::{Tx, UserDoc, collections};
+use saga_infra::store::Tx;
 
 /// What to do for an order, carrying what it acts on.
 #[derive(Debug, PartialEq)]

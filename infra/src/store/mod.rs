@@ -7,18 +7,14 @@
 //! the orders ([`Store::watch_orders`]). Every one of them
 //! counts its operations on the store's [`Meter`].
 
-mod docs;
 mod transaction;
 mod watch;
 
-pub use docs::{ItemDoc, ParkedMessage, StockShard, UserDoc, collections, stock_shard_id};
+pub(crate) use crate::docs::{ParkedMessage, collections};
 pub use transaction::{Tx, TxError};
 pub use watch::{Change, Target, Watch};
 
-pub use crate::order::{
-    Allocation, Duplicate, Emitted, OrderDoc, Payment, PaymentStatus, Reservation,
-    ReservationStatus, StepRecord,
-};
+pub(crate) use crate::order::{Duplicate, OrderDoc};
 
 use firestore::errors::FirestoreError;
 use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreTimestamp};
