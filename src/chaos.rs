@@ -31,9 +31,9 @@ use saga_infra::store::Store;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::pubsub_rest::PubsubRest;
-use crate::supervisor::{Control, DEFAULT_CONTROL_PORT};
-use crate::up::{Stack, UpArgs, UpError};
+use saga_emulator::stack::{Stack, UpArgs, UpError};
+use saga_emulator::supervisor::{Control, DEFAULT_CONTROL_PORT};
+use saga_ops::pubsub_rest::PubsubRest;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosArgs {
@@ -79,7 +79,7 @@ pub enum ChaosError {
     #[error("{0}")]
     Io(String),
     #[error("pointing the push subscriptions: {0}")]
-    Pubsub(#[from] crate::pubsub_rest::RestError),
+    Pubsub(#[from] saga_ops::pubsub_rest::RestError),
     #[error("reading Firestore: {0}")]
     Store(#[from] saga_infra::store::StoreError),
 }
@@ -638,9 +638,9 @@ async fn run(args: &ChaosArgs, entries: &[Entry], target: &Target) -> Result<Out
     if interrupted {
         return Err(ChaosError::Io("interrupted".into()));
     }
-    let report = crate::check::check_settled(
+    let report = saga_ops::check::check_settled(
         &store,
-        &crate::check::Baseline::seed(),
+        &saga_ops::check::Baseline::seed(),
         Duration::from_secs(10),
     )
     .await?;

@@ -1,15 +1,8 @@
-//! The saga as one program: the function registry, and the local stack `saga up` runs.
+//! The `saga` command: the function registry `saga serve` runs, `saga up`, and `saga chaos`.
+//! The operator tools are `saga-ops`, the local stack is `saga-emulator`, the bench is
+//! `saga-bench`.
 
-pub mod bench;
-pub mod bench_bounds;
-pub mod bench_cost;
-pub mod bench_floor;
 pub mod chaos;
-pub mod check;
-pub mod console;
-pub mod ops;
-pub mod pubsub_rest;
-pub mod supervisor;
 pub mod up;
 
 use axum::Router;

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod bootstrap;
 pub mod process;
 pub mod seed;
+pub mod stack;
+pub mod supervisor;
 
 pub use auth::AuthEmulator;
 pub use bootstrap::{Overrides, create_topology, create_topology_with};

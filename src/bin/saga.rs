@@ -20,17 +20,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start everything locally on the emulators, until Ctrl-C.
-    Up(saga::up::UpArgs),
+    Up(saga_emulator::stack::UpArgs),
     /// Break the saga on purpose while orders flow (a fault schedule drawn from the seed),
     /// then check that it healed; exits 1 if an invariant broke.
     Chaos(saga::chaos::ChaosArgs),
     /// The operator's console in a browser: parked messages and dead letters, with a
     /// redrive button (on 127.0.0.1, with your credentials: --cloud uses ADC).
-    Console(saga::console::ConsoleArgs),
+    Console(saga_ops::console::ConsoleArgs),
     /// Stop one function of the running `saga up` (it stays stopped until `saga start`).
-    Stop(saga::supervisor::ControlArgs),
+    Stop(saga_emulator::supervisor::ControlArgs),
     /// Start again a function `saga stop` stopped.
-    Start(saga::supervisor::ControlArgs),
+    Start(saga_emulator::supervisor::ControlArgs),
     /// Seed the catalogue and users (only what is missing, or --reset), locally or --cloud.
     Seed(saga::up::SeedArgs),
     /// Check the saga's invariants (stock and money conservation, terminal orders, the
@@ -40,12 +40,12 @@ enum Command {
     /// between them.
     Trace {
         #[command(flatten)]
-        target: saga::ops::Target,
+        target: saga_ops::Target,
         /// The order id.
         order_id: String,
     },
     /// Republish recorded events of a topic (marked as replays) for consumers to catch up.
-    Replay(saga::ops::ReplayArgs),
+    Replay(saga_ops::ReplayArgs),
     /// Parked and dead-lettered messages.
     Dlq {
         #[command(subcommand)]
@@ -53,7 +53,7 @@ enum Command {
     },
     /// Drive real orders through a local stack it starts, and report speed, latency,
     /// resources and the emulators' floor; a run that breaks an invariant fails (exit 1).
-    Bench(saga::bench::BenchArgs),
+    Bench(saga_bench::BenchArgs),
     /// Regenerate the results section of a markdown file from the results in a directory.
     BenchReport {
         /// Where the bench wrote its JSON results and histograms.
@@ -77,12 +77,12 @@ enum DlqCommand {
     /// List parked messages and dead letters, with their reason and source subscription.
     List {
         #[command(flatten)]
-        target: saga::ops::Target,
+        target: saga_ops::Target,
     },
     /// Republish dead letters to the topic they were meant for, once the cause is fixed.
     Redrive {
         #[command(flatten)]
-        target: saga::ops::Target,
+        target: saga_ops::Target,
         /// `parked`, or a dead-letter subscription (e.g. error-sub-dlq-sub).
         place: String,
         /// Every message there.
@@ -113,7 +113,7 @@ async fn main() -> ExitCode {
         Command::Serve { function } => {
             let router = saga::router_for(function);
             // Started by `saga up`: stop with it, however it ends.
-            match std::env::var(saga::up::PARENT_ENV)
+            match std::env::var(saga_emulator::stack::PARENT_ENV)
                 .ok()
                 .and_then(|p| p.parse().ok())
             {
@@ -155,12 +155,12 @@ async fn main() -> ExitCode {
                 Ok(store) => store,
                 Err(e) => return fail("trace", e),
             };
-            match saga::ops::trace(&store, &order_id).await {
+            match saga_ops::trace(&store, &order_id).await {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
                 }
-                Err(saga::ops::OpsError::NoOrder(id)) => {
+                Err(saga_ops::OpsError::NoOrder(id)) => {
                     eprintln!("saga trace: no order {id}");
                     ExitCode::FAILURE
                 }
@@ -172,7 +172,7 @@ async fn main() -> ExitCode {
             let run = async {
                 let store = args.target.store().await?;
                 let pubsub = args.target.pubsub()?;
-                saga::ops::replay(&store, &pubsub, &args, progress).await
+                saga_ops::replay(&store, &pubsub, &args, progress).await
             };
             match run.await {
                 Ok(r) => {
@@ -188,9 +188,9 @@ async fn main() -> ExitCode {
             }
         }
         Command::Dlq { command } => dlq(command).await,
-        Command::Bench(args) => match saga::bench::bench(&args).await {
+        Command::Bench(args) => match saga_bench::bench(&args).await {
             Ok(result) => {
-                print!("{}", saga::bench::table(&result));
+                print!("{}", saga_bench::report::table(&result));
                 println!("results in {}", args.out.display());
                 if result.invariants_held {
                     ExitCode::SUCCESS
@@ -202,7 +202,7 @@ async fn main() -> ExitCode {
         },
         Command::BenchReport { dir, markdown } => {
             let run = || -> Result<(), String> {
-                let section = saga::bench::report(&dir).map_err(|e| e.to_string())?;
+                let section = saga_bench::report::report(&dir).map_err(|e| e.to_string())?;
                 let text = std::fs::read_to_string(&markdown).map_err(|e| e.to_string())?;
                 let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
                 let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
@@ -230,7 +230,7 @@ async fn main() -> ExitCode {
             }
             Err(e) => fail("chaos", e),
         },
-        Command::Console(args) => match saga::console::serve(&args).await {
+        Command::Console(args) => match saga_ops::console::serve(&args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("console", e),
         },
@@ -243,13 +243,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn control(args: &saga::supervisor::ControlArgs, action: &str) -> ExitCode {
-    match saga::supervisor::remote(args, action).await {
+async fn control(args: &saga_emulator::supervisor::ControlArgs, action: &str) -> ExitCode {
+    match saga_emulator::supervisor::remote(args, action).await {
         Ok(done) => {
             println!("{done}");
             ExitCode::SUCCESS
         }
-        Err(e @ saga::supervisor::RemoteError::Refused(_)) => {
+        Err(e @ saga_emulator::supervisor::RemoteError::Refused(_)) => {
             eprintln!("saga {action}: {e}");
             ExitCode::from(1)
         }
@@ -264,7 +264,7 @@ async fn dlq(command: DlqCommand) -> ExitCode {
             let run = async {
                 let store = target.store().await?;
                 let pubsub = target.pubsub()?;
-                saga::ops::dlq_list(&store, &pubsub).await
+                saga_ops::dlq_list(&store, &pubsub).await
             };
             match run.await {
                 Ok(letters) => {
@@ -291,13 +291,13 @@ async fn dlq(command: DlqCommand) -> ExitCode {
             id,
         } => {
             let selection = match (all, id) {
-                (_, Some(id)) => saga::ops::Selection::Id(id),
-                _ => saga::ops::Selection::All,
+                (_, Some(id)) => saga_ops::Selection::Id(id),
+                _ => saga_ops::Selection::All,
             };
             let run = async {
                 let store = target.store().await?;
                 let pubsub = target.pubsub()?;
-                saga::ops::dlq_redrive(&store, &pubsub, &place, &selection, progress).await
+                saga_ops::dlq_redrive(&store, &pubsub, &place, &selection, progress).await
             };
             match run.await {
                 Ok(r) => {

@@ -306,7 +306,7 @@ async fn an_operator_sees_parked_messages_and_dead_letters_and_redrives_one() {
     // order-created-sub.
     let doc = app.order_doc(order).await.unwrap();
     let emitted = doc.step("order").unwrap().emitted.clone().unwrap();
-    let pubsub = saga::pubsub_rest::PubsubRest::emulator(&app.pubsub_host, &app.project);
+    let pubsub = saga_ops::pubsub_rest::PubsubRest::emulator(&app.pubsub_host, &app.project);
     let mut attributes = emitted.attributes.clone();
     attributes.insert(
         "CloudPubSubDeadLetterSourceSubscription".into(),
@@ -325,7 +325,7 @@ async fn an_operator_sees_parked_messages_and_dead_letters_and_redrives_one() {
         .await
         .unwrap();
     let console = listener.local_addr().unwrap();
-    let router = saga::console::router(app.store.clone(), pubsub);
+    let router = saga_ops::console::router(app.store.clone(), pubsub);
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
     let mut driver = chromedriver().await;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use saga::ops::{self, Selection};
 use saga_contracts::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_ops::{self as ops, Selection};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};

@@ -7,12 +7,12 @@ use saga_emulator::seed::WIDGET_STOCK;
 use std::time::Duration;
 
 use futures::future::join_all;
-use saga::check::{Mode, check};
 use saga_contracts::docs::{ParkedMessage, collections};
 use saga_contracts::events::wire::{self, EventVersions};
 use saga_contracts::events::{Event, EventBody, OrderDetails};
 use saga_contracts::topology::Function;
 use saga_infra::testing::UnreadableOrder;
+use saga_ops::check::{Mode, check};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -394,7 +394,7 @@ async fn saga_check_lists_parked_messages_and_dead_letters() {
 
     let hosts = crate::helpers::hosts().await;
     let report = saga::up::check(saga::up::CheckArgs {
-        target: saga::ops::Target {
+        target: saga_ops::Target {
             project: app.project.clone(),
             firestore: hosts.firestore.clone(),
             pubsub: hosts.pubsub.clone(),

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use saga::check::{Baseline, check_settled};
 use saga_contracts::docs::{ItemDoc, UserDoc, collections};
 use saga_contracts::events::Event;
 use saga_contracts::order::{OrderDoc, StepRecord};
@@ -16,6 +15,7 @@ use saga_infra::config::{Config, FirebaseAuth, Limits, UserAuth};
 use saga_infra::runtime::{Runtime, Server};
 use saga_infra::store::Store;
 use saga_infra::telemetry::{CloudLogging, MemoryWriter};
+use saga_ops::check::{Baseline, check_settled};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{OnceCell, oneshot};
@@ -322,7 +322,7 @@ impl TestApp {
 
     /// Asserts every invariant of the saga holds, and every saga is over.
     pub async fn assert_invariants(&self) {
-        let report = check_settled(&self.store, &self.baseline, saga::up::SETTLE)
+        let report = check_settled(&self.store, &self.baseline, saga_ops::check::SETTLE)
             .await
             .expect("checking");
         assert!(report.holds(), "invariants broken:\n{report}");
@@ -557,8 +557,8 @@ impl TestApp {
         messages
     }
 
-    pub fn pubsub(&self) -> saga::pubsub_rest::PubsubRest {
-        saga::pubsub_rest::PubsubRest::emulator(&self.pubsub_host, &self.project)
+    pub fn pubsub(&self) -> saga_ops::pubsub_rest::PubsubRest {
+        saga_ops::pubsub_rest::PubsubRest::emulator(&self.pubsub_host, &self.project)
     }
 }
 

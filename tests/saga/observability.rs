@@ -4,11 +4,11 @@
 use saga_emulator::seed::WIDGET_STOCK;
 use std::time::Duration;
 
-use saga::ops::{self, ReplayArgs, Selection, Target};
 use saga_contracts::docs::{ParkedMessage, collections};
 use saga_contracts::events::EventBody;
 use saga_contracts::topology::Function;
 use saga_contracts::trace::TraceContext;
+use saga_ops::{self as ops, ReplayArgs, Selection, Target};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -189,7 +189,7 @@ async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
         .post(format!(
             "http://127.0.0.1:{auth}/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword?key=emulator"
         ))
-        .json(&json!({"email": "jack@example.com", "password": saga::up::DEMO_PASSWORD, "returnSecureToken": true}))
+        .json(&json!({"email": "jack@example.com", "password": saga_emulator::stack::DEMO_PASSWORD, "returnSecureToken": true}))
         .send()
         .await
         .unwrap()

@@ -33,7 +33,7 @@ async fn a_frontend_with_open_streams_stops_within_cloud_runs_grace_and_loses_no
         .spawn()
         .expect("starting the frontend");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !saga::up::http_ok(port, "/healthz").await {
+    while !saga_emulator::stack::http_ok(port, "/healthz").await {
         assert!(Instant::now() < deadline, "the frontend did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -2,6 +2,10 @@
 //! (`saga replay`), and dead letters (`saga dlq list | redrive`). Each works against the
 //! emulators or, with `--cloud`, a deployed project.
 
+pub mod check;
+pub mod console;
+pub mod pubsub_rest;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

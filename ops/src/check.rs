@@ -9,6 +9,9 @@ use saga_contracts::order::{OrderDoc, PaymentStatus, ReservationStatus};
 use saga_infra::store::{Store, StoreError};
 use serde::Serialize;
 
+/// How long `saga check` (settled) and the bench give the last outbox marks to land.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the data started from: stock per item and balance per user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Baseline {
@@ -40,7 +43,7 @@ pub struct Report {
     pub orders: BTreeMap<String, usize>,
     pub violations: Vec<String>,
     #[serde(skip)]
-    pub letters: Vec<crate::ops::DeadLetter>,
+    pub letters: Vec<crate::DeadLetter>,
 }
 
 impl Report {

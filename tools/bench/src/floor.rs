@@ -32,8 +32,8 @@ use tokio::sync::{Semaphore, oneshot};
 
 use saga_contracts::topology::topic_path;
 
-use crate::bench::{BenchArgs, BenchError, Floor, Latency, procfs};
-use crate::up::Stack;
+use crate::model::{BenchArgs, BenchError, Floor, Latency, procfs, round};
+use saga_emulator::stack::Stack;
 
 /// Stages of a trivial order; the push hops between them are one fewer.
 const STAGES: usize = 4;
@@ -253,19 +253,19 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         .map_err(|e| other(e.to_string()))?;
     let ops = floor.store.meter().counts().since(&counted);
     Ok(Floor {
-        orders_per_s: crate::bench::round(orders.len() as f64 / elapsed.as_secs_f64().max(1e-3)),
+        orders_per_s: round(orders.len() as f64 / elapsed.as_secs_f64().max(1e-3)),
         end_to_end: Latency::of(&orders),
         pubsub_hop: samples.0,
         firestore_txn: samples.1,
         // The floor's stages run in the bench's own process, whose CPU is not theirs alone.
-        cost: crate::bench::cost(&ops, orders.len() as f64, 0.0),
+        cost: crate::cost::cost(&ops, orders.len() as f64, 0.0),
         emulator_cpu_ms: emulators
             .iter()
             .zip(emulator_ticks)
             .map(|((name, _), ticks)| {
                 let ms =
                     ticks as f64 / procfs::TICKS_PER_SECOND * 1000.0 / orders.len().max(1) as f64;
-                (name.clone(), crate::bench::round(ms))
+                (name.clone(), round(ms))
             })
             .collect(),
     })

@@ -18,8 +18,8 @@ use saga_infra::store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::ops::{self, DeadLetter, Selection, Target};
 use crate::pubsub_rest::PubsubRest;
+use crate::{self as ops, DeadLetter, Selection, Target};
 
 const PAGE: &str = include_str!("console.html");
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{BenchResult, round};
+use crate::model::{BenchResult, round};
 
 /// Transactions that collided with another and ran again, as the functions logged them
 /// ("contended transaction", once per transaction that took more than one attempt).
@@ -180,7 +180,7 @@ impl Bounds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::ProcessUse;
+    use crate::model::ProcessUse;
 
     fn cpu(ms: f64) -> ProcessUse {
         ProcessUse {

@@ -172,6 +172,31 @@ pub fn lines(label: &str, cost: &OrderCost) -> String {
     )
 }
 
+/// The price of `counts` over `orders` orders, with `cpu_ms` of function CPU an order. Each
+/// publish is one request to a function (the POST for the first, a push for the others).
+pub fn cost(
+    counts: &saga_infra::meter::Counts,
+    orders: f64,
+    cpu_ms: f64,
+) -> Option<crate::cost::OrderCost> {
+    use crate::cost::{Ops, OrderCost, PRICES, Prices, per_million};
+    let prices = match Prices::load(Path::new(PRICES)) {
+        Ok(prices) => prices,
+        Err(error) => {
+            eprintln!("no cost per million orders: {error}");
+            return None;
+        }
+    };
+    let per_order = Ops::per(counts, orders);
+    Some(OrderCost {
+        cpu_ms: crate::model::round(cpu_ms),
+        requests: per_order.publishes,
+        per_million_usd: per_million(&prices, &per_order, cpu_ms, per_order.publishes),
+        per_order,
+        prices_as_of: prices.as_of,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_project_prices_file_reads() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let p = Prices::load(&root.join(PRICES)).unwrap();
         assert!(p.firestore.write_per_100k > 0.0 && !p.as_of.is_empty());
     }

@@ -1,0 +1,286 @@
+//! What a bench run measures and reports: its arguments, the result, the latency
+//! percentiles, each process's use, the floor's figures; and how a process's use is read.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Orders spread over 500 items.
+    Spread,
+    /// Every order on one item.
+    Hot,
+    /// A mix with stock failures (15%) and payment failures (15%) that are compensated.
+    Failures,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// How many orders.
+    #[arg(short = 'n', long, default_value_t = 500)]
+    pub count: usize,
+    /// How many orders in flight at once.
+    #[arg(short = 'c', long, default_value_t = 10)]
+    pub concurrency: usize,
+    #[arg(long, value_enum, default_value = "spread")]
+    pub workload: Workload,
+    /// Stock shards of the hot item (1: its stock on one document).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
+    /// Also measure the floor: a trivial saga of the order's shape (bare transactions and
+    /// publishes, push hops between them) on the same emulators.
+    #[arg(long)]
+    pub floor: bool,
+    /// Run each function from its own binary in DIR, as deployed, instead of `saga serve`
+    /// (see `saga up --functions-from`).
+    #[arg(long, value_name = "DIR")]
+    pub functions_from: Option<PathBuf>,
+    /// Orders placed first and not measured (`spread` orders at the same concurrency), so
+    /// the emulators' JIT and caches are warm, as a long-running stack's are, and as they
+    /// are for the floor, which runs after.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Seconds between each function's sweeps (see `saga up --sweep-interval`).
+    #[arg(long, value_name = "SECS", default_value_t = saga_emulator::stack::DEFAULT_SWEEP_INTERVAL_SECS)]
+    pub sweep_interval: u64,
+    /// Where the JSON result and the latency histogram (SVG) go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(samples: &[Duration]) -> Latency {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if ms.is_empty() {
+                return 0.0;
+            }
+            let i = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1;
+            (ms[i] * 10.0).round() / 10.0
+        };
+        Latency {
+            count: ms.len(),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ProcessUse {
+    pub ready_ms: Option<f64>,
+    pub idle_rss_mib: f64,
+    pub peak_rss_mib: f64,
+    /// After the run: proportional set size (shared pages divided among their users).
+    #[serde(default)]
+    pub pss_mib: f64,
+    /// After the run: memory no other process shares (mostly heap).
+    #[serde(default)]
+    pub private_mib: f64,
+    pub cpu_s_per_1000_orders: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Floor {
+    /// Trivial orders per second: an order's shape (4 stages of a bare transaction and a
+    /// publish, 3 push hops between them) with none of its logic, same count and concurrency.
+    pub orders_per_s: f64,
+    /// A trivial order from its first transaction until its last publish.
+    #[serde(default)]
+    pub end_to_end: Latency,
+    /// Publish until push, within that run.
+    pub pubsub_hop: Latency,
+    /// A bare read-then-write transaction, within that run.
+    pub firestore_txn: Latency,
+    /// A trivial order's operations (counted by its store, as the functions count theirs).
+    #[serde(default)]
+    pub cost: Option<crate::cost::OrderCost>,
+    /// Each emulator's CPU for one trivial order, in milliseconds (the saga's are in its
+    /// emulator lines): what the same shape costs them without the saga's documents.
+    #[serde(default)]
+    pub emulator_cpu_ms: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub workload: Option<Workload>,
+    pub count: usize,
+    pub concurrency: usize,
+    pub shards: u32,
+    pub machine: String,
+    pub command: String,
+    pub seconds: f64,
+    pub orders_per_s: f64,
+    pub end_to_end: Latency,
+    pub post: Latency,
+    /// Time between one step emitting an event and the next step consuming it.
+    pub hops: BTreeMap<String, Latency>,
+    pub completed: usize,
+    pub compensated: usize,
+    pub unfinished: usize,
+    pub invariants_held: bool,
+    pub violations: Vec<String>,
+    pub functions: BTreeMap<String, ProcessUse>,
+    /// What ran the functions: `saga serve`, or the per-function binaries.
+    #[serde(default)]
+    pub binaries: String,
+    pub emulators: BTreeMap<String, ProcessUse>,
+    /// Orders placed before the measured ones (warm-up), not counted in any figure but
+    /// the peak RSS.
+    #[serde(default)]
+    pub warmup: usize,
+    /// Orders in the project when the invariants were checked: the measured ones and the
+    /// warm-up's.
+    #[serde(default)]
+    pub checked_orders: usize,
+    /// The bench's own CPU while it drove the measured orders (its HTTP client and the
+    /// poller that batch-reads the orders in flight), per 1,000 orders: it shares the machine.
+    #[serde(default)]
+    pub driver_cpu_s_per_1000_orders: f64,
+    /// The five functions' RSS summed at one instant, the highest sum seen (sampled every
+    /// [`RSS_SAMPLE_EVERY`] over the warm-up and the measured orders): what they hold
+    /// resident together. The sum of each one's own peak is an upper bound: it may add peaks
+    /// that came at different moments.
+    #[serde(default)]
+    pub five_rss_at_once_peak_mib: f64,
+    pub floor: Option<Floor>,
+    /// Transactions that collided and ran again during the measured orders, from the
+    /// functions' logs.
+    #[serde(default)]
+    pub contention: Option<crate::bounds::Contention>,
+    /// The measured orders' Firestore and Pub/Sub operations and CPU, per order, counted by
+    /// the functions, and their price.
+    #[serde(default)]
+    pub cost: Option<crate::cost::OrderCost>,
+    /// One round of every function's sweep (the schedule runs one a minute), after the
+    /// measured orders: not counted in the orders' cost.
+    #[serde(default)]
+    pub sweeps_per_minute: Option<crate::cost::Ops>,
+    /// End-to-end latencies in milliseconds, for the histogram.
+    pub samples_ms: Vec<f64>,
+}
+
+impl BenchResult {
+    /// The machine's cores, as recorded in [`BenchResult::machine`] ("2 cores (...)").
+    pub fn cores(&self) -> usize {
+        self.machine
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Up(#[from] saga_emulator::stack::UpError),
+    #[error(transparent)]
+    Store(#[from] saga_infra::store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Linux `/proc` readings of a process.
+pub mod procfs {
+    /// (current RSS, peak RSS) in KiB.
+    pub fn rss_kib(pid: u32) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// (proportional set size, private memory) in KiB: what the process costs when its code
+    /// pages are shared with others (all five map libc; under `saga serve`, one binary).
+    pub fn pss_private_kib(pid: u32) -> (u64, u64) {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            rollup
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (
+            field("Pss:"),
+            field("Private_Clean:") + field("Private_Dirty:"),
+        )
+    }
+
+    /// User + system CPU time, in clock ticks (100 per second on Linux).
+    pub fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        get(11) + get(12)
+    }
+
+    pub const TICKS_PER_SECOND: f64 = 100.0;
+
+    /// `pid` and every process below it.
+    pub fn tree(pid: u32) -> Vec<u32> {
+        let mut parents: Vec<(u32, u32)> = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+                if let Some(ppid) = after.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+                    parents.push((p, ppid));
+                }
+            }
+        }
+        let mut tree = vec![pid];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        tree
+    }
+}
+
+/// Rounds to one decimal, as the results show figures.
+pub fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
