@@ -8,7 +8,7 @@
 # five costs one compilation.
 #
 # The builder runs exactly `cargo build --release` of the five function packages, whose
-# binaries are named after the functions (checked by tests/saga/deploy.rs).
+# binaries are named after the functions (checked by cli/tests/saga/deploy.rs).
 
 ARG RUST_VERSION=1
 
@@ -25,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # distroless/cc: glibc, libgcc_s (every Rust binary on glibc links it for unwinding) and CA
 # certificates; TLS is rustls, compiled in. No shell, no package manager; runs as the
-# unprivileged `nonroot` user. (tests/saga/deploy.rs checks it has what the binaries link.)
+# unprivileged `nonroot` user. (cli/tests/saga/deploy.rs checks it has what the binaries link.)
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG FUNCTION
 COPY --from=build /out/${FUNCTION} /function

@@ -1,9 +1,8 @@
-//! The `saga` command: the function registry `saga serve` runs, `saga up`, and `saga chaos`.
-//! The operator tools are `saga-ops`, the local stack is `saga-emulator`, the bench is
-//! `saga-bench`.
+//! The `saga` command ([`cmd`], one module per subcommand) and the function registry `saga
+//! serve` runs. The operator tools are `saga-ops`, the local stack is `saga-emulator`, the
+//! bench is `saga-bench`.
 
-pub mod chaos;
-pub mod up;
+pub mod cmd;
 
 use axum::Router;
 use saga_contracts::topology::Function;

@@ -566,3 +566,13 @@ impl TestApp {
 pub fn ack_kind(body: &Value) -> &str {
     body["ack"].as_str().unwrap_or("none")
 }
+
+/// The workspace's root (this package is `cli/`): where a user runs `saga` from.
+pub const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// The `saga` binary, run from the workspace's root as a user runs it.
+pub fn saga() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga"));
+    command.current_dir(WORKSPACE);
+    command
+}

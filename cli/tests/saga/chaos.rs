@@ -12,7 +12,7 @@ use tokio::process::Command;
 use crate::helpers::{TestApp, spawn_app};
 
 fn saga() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_saga"))
+    crate::helpers::saga()
 }
 
 /// `saga chaos` against the emulators `app` runs on, in `project`.

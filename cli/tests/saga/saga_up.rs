@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn saga() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_saga"))
+    crate::helpers::saga()
 }
 
 /// Five consecutive free ports for the functions.

@@ -1,82 +1,25 @@
-//! `saga up`: the whole stack on the emulators, in the foreground, until Ctrl-C; and `saga
-//! seed`, `saga check` on it.
+//! `saga up`: the whole stack on the emulators, in the foreground, until Ctrl-C, with its
+//! control port (`saga stop`, `saga start`, the console).
 
-use std::time::Duration;
+use std::process::ExitCode;
 
 use saga_contracts::topology::Function;
-use saga_emulator::SeedMode;
 use saga_emulator::stack::{DEMO_PASSWORD, Stack, UpArgs, UpError};
 use saga_emulator::supervisor;
 use saga_infra::config::{Config, UserAuth};
 use saga_infra::store::Store;
-use saga_ops::Target;
-use saga_ops::check::Mode;
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct SeedArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Put stock and balances back to their seed values.
-    #[arg(long)]
-    pub reset: bool,
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct CheckArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Only check what holds at any moment (skip "every order is terminal" and "every event
-    /// is published"), for a stack with orders in flight.
-    #[arg(long)]
-    pub in_flight: bool,
-    /// With --in-flight: an order unfinished this many seconds after its last change is
-    /// reported stuck (the saga timeout, 300 s, and two sweeps of the janitor).
-    #[arg(long, default_value_t = 420, value_name = "SECS")]
-    pub stuck_after: u64,
-}
-
-/// `saga check`: the invariants of the project's data against the seed state.
-pub async fn check(args: CheckArgs) -> Result<saga_ops::check::Report, UpError> {
-    let store = args
-        .target
-        .store()
-        .await
-        .map_err(|e| UpError::Io(e.to_string()))?;
-    let baseline = saga_ops::check::Baseline::seed();
-    let mut report = if args.in_flight {
-        let stuck_after = Duration::from_secs(args.stuck_after);
-        saga_ops::check::check(&store, &baseline, Mode::InFlight { stuck_after }).await?
-    } else {
-        saga_ops::check::check_settled(&store, &baseline, saga_ops::check::SETTLE).await?
-    };
-    let pubsub = args
-        .target
-        .pubsub()
-        .map_err(|e| UpError::Io(e.to_string()))?;
-    report.letters = saga_ops::dlq_list(&store, &pubsub)
-        .await
-        .map_err(|e| UpError::Io(e.to_string()))?;
-    Ok(report)
-}
-
-/// `saga seed`: seeds the emulator, or a project on Google Cloud; returns how many documents it wrote.
-pub async fn seed(args: SeedArgs) -> Result<usize, UpError> {
-    let store = args
-        .target
-        .store()
-        .await
-        .map_err(|e| UpError::Io(e.to_string()))?;
-    let mode = if args.reset {
-        SeedMode::Reset
-    } else {
-        SeedMode::IfAbsent
-    };
-    Ok(saga_emulator::seed(&store, mode).await?)
-}
 
 /// Runs the stack until Ctrl-C, restarting a function that dies and serving the control
 /// port (`saga stop`, `saga start`), then stops everything it started.
-pub async fn up(args: UpArgs) -> Result<(), UpError> {
+/// `saga up`.
+pub async fn run(args: UpArgs) -> ExitCode {
+    match up(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => super::fail("up", error),
+    }
+}
+
+async fn up(args: UpArgs) -> Result<(), UpError> {
     let control = tokio::net::TcpListener::bind(("127.0.0.1", args.control_port))
         .await
         .map_err(|e| {

@@ -84,6 +84,21 @@ pub enum ChaosError {
     Store(#[from] saga_infra::store::StoreError),
 }
 
+/// `saga chaos`: exit 0 when the invariants held, 1 when not (with the seed to replay).
+pub async fn run(args: ChaosArgs) -> std::process::ExitCode {
+    match chaos(&args).await {
+        Ok(outcome) => {
+            print!("{}", outcome.text);
+            if outcome.holds {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            }
+        }
+        Err(e) => super::fail("chaos", e),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The schedule: a pure function of the seed.
 
@@ -316,7 +331,7 @@ pub async fn chaos(args: &ChaosArgs) -> Result<Outcome, ChaosError> {
             ports: Function::ALL.map(|f| (f, up.port_of(f))).into(),
             killer: Killer::Up(args.control_port),
         };
-        run(args, &entries, &target).await
+        apply(args, &entries, &target).await
     } else {
         let project = args.project.clone().unwrap_or_else(|| {
             format!(
@@ -335,7 +350,7 @@ pub async fn chaos(args: &ChaosArgs) -> Result<Outcome, ChaosError> {
             ports: stack.ports.clone(),
             killer: Killer::Own(stack.control.clone()),
         };
-        let outcome = run(args, &entries, &target).await;
+        let outcome = apply(args, &entries, &target).await;
         stack.stop().await;
         outcome
     }
@@ -523,7 +538,11 @@ async fn push(
     answer
 }
 
-async fn run(args: &ChaosArgs, entries: &[Entry], target: &Target) -> Result<Outcome, ChaosError> {
+async fn apply(
+    args: &ChaosArgs,
+    entries: &[Entry],
+    target: &Target,
+) -> Result<Outcome, ChaosError> {
     let started = Instant::now();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await

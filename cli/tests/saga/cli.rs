@@ -8,7 +8,7 @@ use tokio::process::Command;
 use crate::helpers::spawn_app;
 
 fn saga() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_saga"))
+    crate::helpers::saga()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

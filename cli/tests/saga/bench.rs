@@ -27,7 +27,7 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga"))
+    let run = crate::helpers::saga()
         .args([
             "bench",
             "-n",

@@ -393,7 +393,7 @@ async fn saga_check_lists_parked_messages_and_dead_letters() {
         .unwrap();
 
     let hosts = crate::helpers::hosts().await;
-    let report = saga::up::check(saga::up::CheckArgs {
+    let report = saga::cmd::check::check(saga::cmd::check::CheckArgs {
         target: saga_ops::Target {
             project: app.project.clone(),
             firestore: hosts.firestore.clone(),

@@ -11,7 +11,7 @@ use saga_contracts::topology::{Function, PULL_SUBSCRIPTIONS, TOPICS};
 use serde_json::{Value, json};
 
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(crate::helpers::WORKSPACE)
 }
 
 fn parse(path: &str) -> hcl::Body {

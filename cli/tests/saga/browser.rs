@@ -153,8 +153,11 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
     let app = spawn_app().await;
     let mut driver = chromedriver().await;
     let client = browser(&driver).await;
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
+    let shots = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/screenshots"
+    ));
+    std::fs::create_dir_all(shots).unwrap();
 
     client
         .goto(&app.url(Function::Frontend, "/"))
@@ -349,8 +352,11 @@ async fn an_operator_sees_parked_messages_and_dead_letters_and_redrives_one() {
         row.contains("order-created-sub") && row.contains(&order.to_string()),
         "{row}"
     );
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
+    let shots = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/screenshots"
+    ));
+    std::fs::create_dir_all(shots).unwrap();
     shot(&client, &shots.join("console.png")).await;
 
     // Redriven: gone from the console, and inventory had it again (a duplicate, so nothing
