@@ -30,6 +30,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::config::PushAuth;
@@ -118,21 +119,43 @@ pub trait Step: Send + Sync + 'static {
     /// stray event can never mark the step done for its order.
     const ACCEPTS: &'static [&'static str];
 
-    /// Decides for `event`, given the order as read (`None`: there is none yet).
+    /// The document the step reads besides the order, known from the event alone (the
+    /// item, the user); `()` for none.
+    type Read: DeserializeOwned + Send + 'static;
+
+    /// Where [`Step::Read`] is for `event`. The runtime reads it with the order, in one
+    /// round trip, and hands both to `run`.
+    fn reads(&self, event: &Event) -> Option<ReadOf<Self::Read>> {
+        let _ = event;
+        None
+    }
+
+    /// Decides for `event`, given the order as read (`None`: there is none yet) and the
+    /// document of [`Step::reads`] (`None`: there is none). What it reads further (what
+    /// depends on the order) it gets from `tx`.
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
         event: &'a Event,
         order: Option<OrderDoc>,
+        read: Option<Self::Read>,
     ) -> BoxFuture<'a, Result<Outcome, StepError>>;
+}
 
-    /// The documents (collection, id) `run` will read for `event`, besides the order. The
-    /// runtime reads them with the order, in one round trip, before `run`; `run`'s gets of
-    /// them are then answered from that read. A get of a document not listed still works,
-    /// at one more round trip.
-    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
-        let _ = event;
-        Vec::new()
+/// A document of type `D` a step reads with the order: its collection and id.
+pub struct ReadOf<D> {
+    pub collection: &'static str,
+    pub id: String,
+    doc: std::marker::PhantomData<fn() -> D>,
+}
+
+impl<D> ReadOf<D> {
+    pub fn new(collection: &'static str, id: impl Into<String>) -> ReadOf<D> {
+        ReadOf {
+            collection,
+            id: id.into(),
+            doc: std::marker::PhantomData,
+        }
     }
 }
 
@@ -434,14 +457,19 @@ async fn process<S: Step>(
                 let reads = step.reads(&event);
                 let ahead: Vec<(&str, &str)> =
                     std::iter::once((collections::ORDERS, order_id.as_str()))
-                        .chain(reads.iter().map(|(c, id)| (*c, id.as_str())))
+                        .chain(reads.iter().map(|r| (r.collection, r.id.as_str())))
                         .collect();
                 tx.read_ahead(&ahead).await?;
                 let order: Option<OrderDoc> = tx.get(collections::ORDERS, &order_id).await?;
                 if let Some(done) = order.as_ref().and_then(|o| o.step(S::NAME)) {
                     return Ok::<_, StepError>(Ran::Done(Box::new(done.clone()), false));
                 }
-                let (mut order, summary, emit) = match step.run(&mut tx, &event, order).await? {
+                let read: Option<S::Read> = match &reads {
+                    Some(r) => tx.get(r.collection, &r.id).await?,
+                    None => None,
+                };
+                let outcome = step.run(&mut tx, &event, order, read).await?;
+                let (mut order, summary, emit) = match outcome {
                     Outcome::NotYet(why) => return Ok(Ran::NotYet(why)),
                     Outcome::Done { order, summary } => (order, summary, None),
                     Outcome::Emit {

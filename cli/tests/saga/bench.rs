@@ -165,7 +165,11 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
     assert!(stdout.contains("sweeps             per minute"), "{stdout}");
     // Reads of missing documents (every idempotency check's) are answers, not NOT_FOUND
     // errors, which the Firestore emulator logs with a stack trace at a cost in its CPU.
-    let emulator_log = std::fs::read_to_string("target/bench/logs/firestore-emulator.log").unwrap();
+    let emulator_log = std::fs::read_to_string(
+        std::path::Path::new(crate::helpers::WORKSPACE)
+            .join("target/bench/logs/firestore-emulator.log"),
+    )
+    .unwrap();
     assert!(
         emulator_log.contains("Dev App Server is now running"),
         "{emulator_log}"
@@ -175,7 +179,10 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         "the emulator logged NOT_FOUND errors:\n{emulator_log}"
     );
     // Each function sweeps on the interval it was given.
-    let order_log = std::fs::read_to_string("target/bench/logs/order.log").unwrap();
+    let order_log = std::fs::read_to_string(
+        std::path::Path::new(crate::helpers::WORKSPACE).join("target/bench/logs/order.log"),
+    )
+    .unwrap();
     assert!(order_log.contains(r#""sweep_interval_s":7"#), "{order_log}");
     let svg = std::fs::read_to_string(out.join("failures-c4-n20.svg")).unwrap();
     assert!(svg.starts_with("<svg"));

@@ -10,7 +10,7 @@ use saga_contracts::docs::{ItemDoc, StockShard, collections, stock_shard_id};
 use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
 use saga_contracts::order::{Allocation, OrderDoc, Reservation, ReservationStatus};
 use saga_infra::Runtime;
-use saga_infra::step::{self, Outcome, Step, StepError};
+use saga_infra::step::{self, Outcome, ReadOf, Step, StepError};
 use saga_infra::store::Tx;
 
 /// What to do for an order, carrying what it acts on.
@@ -139,8 +139,13 @@ impl Step for InventoryStep {
     const NAME: &'static str = "inventory";
     const ACCEPTS: &'static [&'static str] = &["order-created"];
 
-    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
-        vec![(collections::INVENTORY, event.body.order().item.clone())]
+    type Read = ItemDoc;
+
+    fn reads(&self, event: &Event) -> Option<ReadOf<ItemDoc>> {
+        Some(ReadOf::new(
+            collections::INVENTORY,
+            &event.body.order().item,
+        ))
     }
 
     fn run<'a>(
@@ -148,11 +153,11 @@ impl Step for InventoryStep {
         tx: &'a mut Tx<'_>,
         event: &'a Event,
         order: Option<OrderDoc>,
+        item: Option<ItemDoc>,
     ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
             let details = event.body.order();
             let quantity = i64::from(details.quantity);
-            let item: Option<ItemDoc> = tx.get(collections::INVENTORY, &details.item).await?;
             Ok(match decide(order, item, quantity) {
                 Decision::Reserve {
                     order,

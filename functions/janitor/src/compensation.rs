@@ -51,11 +51,15 @@ impl Step for JanitorStep {
     const NAME: &'static str = "janitor";
     const ACCEPTS: &'static [&'static str] = &["saga-failed"];
 
+    /// What it reads depends on the order (the reservation, the payment): got in `run`.
+    type Read = ();
+
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
         event: &'a Event,
         order: Option<OrderDoc>,
+        _read: Option<()>,
     ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
             let EventBody::SagaFailed { reason, .. } = &event.body else {

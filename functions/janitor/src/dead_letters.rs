@@ -30,11 +30,15 @@ impl Step for DeadLetterStep {
         "saga-failed",
     ];
 
+    /// What it reads depends on the order (the reservation, the payment): got in `run`.
+    type Read = ();
+
     fn run<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
         event: &'a Event,
         order: Option<OrderDoc>,
+        _read: Option<()>,
     ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
             tracing::warn!(event_type = event.body.kind(), "dead-lettered event");

@@ -9,7 +9,7 @@ use saga_contracts::docs::{UserDoc, collections};
 use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
 use saga_contracts::order::OrderDoc;
 use saga_infra::Runtime;
-use saga_infra::step::{self, Outcome, Step, StepError};
+use saga_infra::step::{self, Outcome, ReadOf, Step, StepError};
 use saga_infra::store::Tx;
 
 /// What to do with an order request, carrying the order it acts on.
@@ -40,19 +40,20 @@ impl Step for OrderStep {
     const NAME: &'static str = "order";
     const ACCEPTS: &'static [&'static str] = &["order-requested"];
 
-    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
-        vec![(collections::USERS, event.body.order().user.clone())]
+    type Read = UserDoc;
+
+    fn reads(&self, event: &Event) -> Option<ReadOf<UserDoc>> {
+        Some(ReadOf::new(collections::USERS, &event.body.order().user))
     }
 
     fn run<'a>(
         &'a self,
-        tx: &'a mut Tx<'_>,
+        _tx: &'a mut Tx<'_>,
         event: &'a Event,
         order: Option<OrderDoc>,
+        user: Option<UserDoc>,
     ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
-            let user: Option<UserDoc> =
-                tx.get(collections::USERS, &event.body.order().user).await?;
             Ok(match decide(event, order, user.as_ref()) {
                 Decision::Create(mut order) => {
                     order.advance(OrderStatus::OrderCreated, Timestamp::now())?;

@@ -10,7 +10,7 @@ use saga_contracts::docs::{UserDoc, collections};
 use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
 use saga_contracts::order::{OrderDoc, Payment, PaymentStatus};
 use saga_infra::Runtime;
-use saga_infra::step::{self, Outcome, Step, StepError};
+use saga_infra::step::{self, Outcome, ReadOf, Step, StepError};
 use saga_infra::store::Tx;
 
 /// What to do for an order, carrying what it acts on.
@@ -72,8 +72,10 @@ impl Step for PaymentsStep {
     const NAME: &'static str = "payments";
     const ACCEPTS: &'static [&'static str] = &["inventory-reserved"];
 
-    fn reads(&self, event: &Event) -> Vec<(&'static str, String)> {
-        vec![(collections::USERS, event.body.order().user.clone())]
+    type Read = UserDoc;
+
+    fn reads(&self, event: &Event) -> Option<ReadOf<UserDoc>> {
+        Some(ReadOf::new(collections::USERS, &event.body.order().user))
     }
 
     fn run<'a>(
@@ -81,6 +83,7 @@ impl Step for PaymentsStep {
         tx: &'a mut Tx<'_>,
         event: &'a Event,
         order: Option<OrderDoc>,
+        user: Option<UserDoc>,
     ) -> BoxFuture<'a, Result<Outcome, StepError>> {
         async move {
             let EventBody::InventoryReserved {
@@ -91,7 +94,6 @@ impl Step for PaymentsStep {
             else {
                 return Ok(Outcome::NotYet("not an inventory-reserved event".into()));
             };
-            let user: Option<UserDoc> = tx.get(collections::USERS, &details.user).await?;
             let fault = self.fault_injection && details.payment_error;
             Ok(match decide(order, user, *amount, fault) {
                 Decision::Charge { mut order, user } => {
