@@ -27,36 +27,9 @@ fn free_block() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_up_runs_the_stack_and_ctrl_c_stops_all_of_it() {
-    let (pubsub, firestore, frontend) = (free_port().unwrap(), free_port().unwrap(), free_block());
-    let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("saga-up");
-    let mut child = saga()
-        .args(["up", "--project", "saga-up-test"])
-        .args(["--control-port", &free_port().unwrap().to_string()])
-        .args(["--pubsub-port", &pubsub.to_string()])
-        .args(["--firestore-port", &firestore.to_string()])
-        .args(["--frontend-port", &frontend.to_string()])
-        .arg("--log-dir")
-        .arg(&logs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting saga up");
-
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = String::new();
-    let ready = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.contains("Ctrl-C stops everything") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(ready, Ok(true), "saga up did not come up: {banner}");
+    let up = Up::start_with("saga-up-test", &[], Duration::from_secs(120)).await;
+    let (pubsub, firestore, frontend) = (up.pubsub, up.firestore, up.frontend);
+    let banner = up.banner.clone();
     for expected in [
         format!("http://127.0.0.1:{frontend}/order"),
         "gcloud pubsub subscriptions pull payment-created-sub --auto-ack".into(),
@@ -103,16 +76,7 @@ async fn saga_up_runs_the_stack_and_ctrl_c_stops_all_of_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let pid = child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("saga up stops on Ctrl-C")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    up.interrupt().await;
     for port in frontend..frontend + 5 {
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -134,54 +98,17 @@ async fn saga_up_runs_the_stack_and_ctrl_c_stops_all_of_it() {
 /// from a signed-in user, for themselves; Ctrl-C stops the auth emulator too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
-    let (pubsub, firestore, frontend, auth) = (
-        free_port().unwrap(),
-        free_port().unwrap(),
-        free_block(),
-        free_port().unwrap(),
-    );
     // On a fresh clone the first use installs firebase-tools with npm (a minute or more
     // beside the other tests); that is setup, not what this test times.
     tokio::task::spawn_blocking(saga_emulator::auth::firebase_cli)
         .await
         .unwrap()
         .expect("installing firebase-tools");
-    let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("saga-up-auth");
-    std::fs::create_dir_all(&logs).unwrap();
-    let stderr = logs.join("saga-up.stderr");
-    let mut child = saga()
-        .args(["up", "--auth", "--project", "saga-up-auth"])
-        .args(["--control-port", &free_port().unwrap().to_string()])
-        .args(["--pubsub-port", &pubsub.to_string()])
-        .args(["--firestore-port", &firestore.to_string()])
-        .args(["--frontend-port", &frontend.to_string()])
-        .args(["--auth-port", &auth.to_string()])
-        .arg("--log-dir")
-        .arg(&logs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting saga up");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = String::new();
-    let ready = tokio::time::timeout(Duration::from_secs(240), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.contains("Ctrl-C stops everything") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        ready,
-        Ok(true),
-        "saga up --auth did not come up: {banner}\n{}",
-        std::fs::read_to_string(&stderr).unwrap_or_default()
-    );
+    let auth = free_port().unwrap();
+    let auth_port = auth.to_string();
+    let extra = ["--auth", "--auth-port", auth_port.as_str()];
+    let up = Up::start_with("saga-up-auth", &extra, Duration::from_secs(240)).await;
+    let (frontend, banner) = (up.frontend, up.banner.clone());
     assert!(banner.contains("jack@example.com"), "{banner}");
 
     let http = reqwest::Client::new();
@@ -217,16 +144,7 @@ async fn saga_up_with_auth_takes_orders_from_signed_in_users_only() {
     let accepted: Value = accepted.json().await.unwrap();
     assert_eq!(accepted["user"], "jack");
 
-    let pid = child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("saga up stops on Ctrl-C")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    up.interrupt().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(("127.0.0.1", auth))
         .await
@@ -293,10 +211,26 @@ struct Up {
     frontend: u16,
     control: u16,
     stderr: std::path::PathBuf,
+    /// What it printed up to "Ctrl-C stops everything".
+    banner: String,
 }
 
 impl Up {
+    /// `saga up` for the supervision tests: its functions log to files, sweeps are quick.
     async fn start(project: &str) -> Up {
+        let quick = [
+            "--function-logs",
+            "--sweep-interval",
+            "2",
+            "--outbox-grace",
+            "3",
+        ];
+        Up::start_with(project, &quick, Duration::from_secs(120)).await
+    }
+
+    /// `saga up --project PROJECT EXTRA...` on free ports, read up to its banner (given
+    /// `patience`); its stderr goes to a file shown if it does not come up.
+    async fn start_with(project: &str, extra: &[&str], patience: Duration) -> Up {
         let (pubsub, firestore, frontend, control) = (
             free_port().unwrap(),
             free_port().unwrap(),
@@ -307,8 +241,8 @@ impl Up {
         std::fs::create_dir_all(&logs).unwrap();
         let stderr = logs.join("saga-up.stderr");
         let mut child = saga()
-            .args(["up", "--project", project, "--function-logs"])
-            .args(["--sweep-interval", "2", "--outbox-grace", "3"])
+            .args(["up", "--project", project])
+            .args(extra)
             .args(["--pubsub-port", &pubsub.to_string()])
             .args(["--firestore-port", &firestore.to_string()])
             .args(["--frontend-port", &frontend.to_string()])
@@ -321,8 +255,11 @@ impl Up {
             .spawn()
             .expect("starting saga up");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut banner = String::new();
+        let ready = tokio::time::timeout(patience, async {
             while let Ok(Some(line)) = lines.next_line().await {
+                banner.push_str(&line);
+                banner.push('\n');
                 if line.contains("Ctrl-C stops everything") {
                     return true;
                 }
@@ -330,6 +267,9 @@ impl Up {
             false
         })
         .await;
+        // Read to the end, so that what it (and the functions, which share its stdout)
+        // print later never meets a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let up = Up {
             child,
             project: project.to_owned(),
@@ -338,8 +278,15 @@ impl Up {
             frontend,
             control,
             stderr,
+            banner,
         };
-        assert_eq!(ready, Ok(true), "saga up did not come up: {}", up.said());
+        assert_eq!(
+            ready,
+            Ok(true),
+            "saga up did not come up: {}\n{}",
+            up.banner,
+            up.said()
+        );
         up
     }
 
