@@ -201,29 +201,7 @@ impl Stack {
                 .max(f64::from(config.limits.post_burst))
                 .min(f64::from(u32::MAX)) as u32;
         }
-        let mut children = BTreeMap::new();
-        let mut launched = BTreeMap::new();
-        let mut logs = Vec::new();
-        for function in Function::ALL {
-            launched.insert(function, Instant::now());
-            let log = args
-                .function_logs
-                .then(|| args.log_dir.join(format!("{}.log", function.name())));
-            logs.extend(log.clone());
-            children.insert(
-                function,
-                spawn_function(
-                    &launcher,
-                    function,
-                    &config,
-                    args.port_of(function),
-                    log.as_deref(),
-                    args.sweep_interval,
-                    Restart::First,
-                )?,
-            );
-        }
-        let ready = wait_healthy(args, &launched, &mut children).await?;
+        // One way to start a function, the first time and every restart.
         let spawn: Spawn = {
             let (launcher, config, args) = (launcher.clone(), config.clone(), args.clone());
             Box::new(move |function, restart| {
@@ -242,6 +220,21 @@ impl Stack {
                 .map_err(|e| e.to_string())
             })
         };
+        let mut children = BTreeMap::new();
+        let mut launched = BTreeMap::new();
+        for function in Function::ALL {
+            launched.insert(function, Instant::now());
+            let child = spawn(function, Restart::First).map_err(UpError::Io)?;
+            children.insert(function, child);
+        }
+        let logs: Vec<PathBuf> = match args.function_logs {
+            true => Function::ALL
+                .iter()
+                .map(|f| args.log_dir.join(format!("{}.log", f.name())))
+                .collect(),
+            false => Vec::new(),
+        };
+        let ready = wait_healthy(args, &launched, &mut children).await?;
         let ports: BTreeMap<Function, u16> = Function::ALL
             .iter()
             .map(|f| (*f, args.port_of(*f)))

@@ -118,13 +118,7 @@ async fn place(
     if checkbox.is_selected().await.unwrap() != payment_error {
         checkbox.click().await.unwrap();
     }
-    client
-        .find(Locator::Id("place"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "#place").await;
     wait_until(20, "the order's row", async || {
         ids(client)
             .await
@@ -188,13 +182,7 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
         .send_keys("no/slash")
         .await
         .unwrap();
-    client
-        .find(Locator::Id("place"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#place").await;
     wait_until(10, "the API's error about user", async || {
         let text = text_of(&client, "#error").await;
         text.contains("user").then_some(())
@@ -202,13 +190,7 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
     .await;
 
     // The failed order's timeline.
-    client
-        .find(Locator::Css(&format!("tr[data-order-id='{bad}']")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &format!("tr[data-order-id='{bad}']")).await;
     let timeline = wait_until(10, "the failed order's timeline", async || {
         let timeline = text_of(&client, "#timeline").await;
         timeline.contains("janitor").then_some(timeline)
@@ -229,13 +211,7 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
     shot(&client, &shots.join("saga-compensated.png")).await;
 
     // A completed one: every arrow forward, the stock taken and the balance charged.
-    client
-        .find(Locator::Css(&format!("tr[data-order-id='{good}']")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &format!("tr[data-order-id='{good}']")).await;
     wait_until(10, "the completed order's picture", async || {
         (count(&client, "#touched li.balance.CAPTURED").await == 1).then_some(())
     })
@@ -262,6 +238,16 @@ async fn a_person_places_orders_from_the_browser_and_sees_them_complete_or_fail(
     client.close().await.unwrap();
     let _ = driver.child.kill().await;
     app.assert_invariants().await;
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .click()
+        .await
+        .unwrap();
 }
 
 async fn text_of(client: &Client, css: &str) -> String {
@@ -361,13 +347,7 @@ async fn an_operator_sees_parked_messages_and_dead_letters_and_redrives_one() {
 
     // Redriven: gone from the console, and inventory had it again (a duplicate, so nothing
     // changed).
-    client
-        .find(Locator::Css(&format!("{dead} button.redrive")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &format!("{dead} button.redrive")).await;
     wait_until(
         30,
         "the letter redriven and taken by inventory",
