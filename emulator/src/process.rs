@@ -254,3 +254,20 @@ pub fn free_port() -> std::io::Result<u16> {
         .local_addr()
         .map(|a| a.port())
 }
+
+/// The first of `n` consecutive free local ports (a stack's functions take consecutive
+/// ports from the frontend's).
+pub fn free_block(n: u16) -> std::io::Result<u16> {
+    for _ in 0..100 {
+        let start = free_port()?;
+        if start < 60_000
+            && (start..start + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return Ok(start);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no {n} consecutive free ports"),
+    ))
+}

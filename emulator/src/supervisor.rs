@@ -104,19 +104,6 @@ impl Control {
             .and_then(|f| f.pid)
     }
 
-    /// Waits until `function` runs a process other than `old`.
-    pub async fn restarted(&self, function: Function, old: Option<u32>) -> u32 {
-        let mut state = self.state.clone();
-        loop {
-            if let Some(pid) = self.pid(function).filter(|pid| Some(*pid) != old) {
-                return pid;
-            }
-            if state.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
     /// Stops every function and the supervisor.
     pub async fn shutdown(&self) {
         let (reply, done) = oneshot::channel();

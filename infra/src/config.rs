@@ -156,6 +156,14 @@ pub struct Faults {
     pub chaos: bool,
 }
 
+impl Faults {
+    /// Whether to stop now, right after a commit, as if the instance died there: always
+    /// with `crash_after_commit`, or once when the request asked for it.
+    pub fn crash_after_commit_now(&self) -> bool {
+        self.crash_after_commit || crate::chaos::take(crate::chaos::Fault::CrashAfterCommit)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub project_id: String,

@@ -10,12 +10,10 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
-
 use crate::events::OrderStatus;
 use crate::order::Emitted;
 use crate::publisher::{EventPublisher, PublishError};
-use crate::store::{Store, StoreError};
+use crate::store::{DUE_PAGE, Store, StoreError};
 
 /// Publishes a committed event.
 pub async fn publish(
@@ -46,9 +44,6 @@ pub struct SweepReport {
     pub unreadable: usize,
 }
 
-/// Orders a sweep reads in one page.
-pub const SWEEP_PAGE: u32 = 200;
-
 /// Republishes the frontend's event of every order still PENDING `grace` after it was
 /// accepted, page by page. One order that cannot be republished does not stop the others.
 pub async fn sweep_pending(
@@ -57,14 +52,12 @@ pub async fn sweep_pending(
     step: &str,
     grace: Duration,
 ) -> Result<SweepReport, StoreError> {
-    let cutoff = Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(grace).unwrap_or_default())
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let cutoff = crate::store::changed_before(grace);
     let mut report = SweepReport::default();
     let mut after = None;
     loop {
         let page = store
-            .orders_due(&[OrderStatus::Pending], cutoff, after.as_ref(), SWEEP_PAGE)
+            .orders_due(&[OrderStatus::Pending], cutoff, after.as_ref(), DUE_PAGE)
             .await?;
         for (order_id, error) in &page.undecodable {
             report.unreadable += 1;

@@ -120,6 +120,7 @@ impl Tracer {
         }
     }
 
+    /// Whether it exports: what a caller building a span's attributes asks first.
     pub fn is_on(&self) -> bool {
         self.exporter.is_some()
     }
@@ -262,11 +263,6 @@ impl Drop for Recording {
 /// under).
 pub fn recording() -> bool {
     CURRENT.try_with(|_| ()).is_ok()
-}
-
-/// The context of the span being recorded in this task, if any.
-pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(|c| c.context).ok()
 }
 
 #[cfg(test)]

@@ -353,7 +353,11 @@ async fn handle<S: Step>(
             .map(String::as_str),
     );
     let span = step_span(S::NAME, &delivery.event, &trace);
-    let attributes = step_attributes(S::NAME, &delivery.event, Some(&delivery.envelope));
+    // Built only for a tracer that exports: a push with no exporter allocates none of it.
+    let attributes = match state.runtime.tracer.is_on() {
+        true => step_attributes(S::NAME, &delivery.event, Some(&delivery.envelope)),
+        false => Vec::new(),
+    };
     let delivery_id = delivery.envelope.message.message_id;
     let work = process(&state, delivery.event, trace, &delivery_id).instrument(span);
     state
@@ -392,8 +396,11 @@ pub async fn run_once<S: Step>(
     };
     let trace = TraceContext::root();
     let span = step_span(S::NAME, &event, &trace);
-    let mut attributes = step_attributes(S::NAME, &event, None);
-    attributes.push(("saga.source", Value::from(source)));
+    let mut attributes = Vec::new();
+    if runtime.tracer.is_on() {
+        attributes = step_attributes(S::NAME, &event, None);
+        attributes.push(("saga.source", Value::from(source)));
+    }
     let delivery_id = format!("{source}-{}", event.event_id);
     let work = process(&state, event, trace, &delivery_id).instrument(span);
     runtime
@@ -503,10 +510,7 @@ async fn process<S: Step>(
         Ran::NotYet(why) => return Err(PushError::NotYet(why)),
     };
 
-    if fresh
-        && (state.runtime.config.faults.crash_after_commit
-            || crate::chaos::take(crate::chaos::Fault::CrashAfterCommit))
-    {
+    if fresh && state.runtime.config.faults.crash_after_commit_now() {
         return Err(PushError::InjectedCrash);
     }
     // Published on every delivery, duplicates too: the one before may have died between its

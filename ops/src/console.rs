@@ -15,11 +15,11 @@ use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_infra::store::Store;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::pubsub_rest::PubsubRest;
-use crate::{self as ops, DeadLetter, Selection, Target};
+use crate::{self as ops, Selection, Target};
 
 const PAGE: &str = include_str!("console.html");
 
@@ -27,29 +27,6 @@ const PAGE: &str = include_str!("console.html");
 struct Console {
     store: Store,
     pubsub: Arc<PubsubRest>,
-}
-
-#[derive(Serialize)]
-struct Letter {
-    place: String,
-    id: String,
-    source: String,
-    reason: String,
-    event_type: String,
-    order_id: String,
-}
-
-impl From<DeadLetter> for Letter {
-    fn from(l: DeadLetter) -> Letter {
-        Letter {
-            place: l.place,
-            id: l.id,
-            source: l.source,
-            reason: l.reason,
-            event_type: l.event_type,
-            order_id: l.order_id,
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -72,10 +49,7 @@ pub fn router(store: Store, pubsub: PubsubRest) -> Router {
 
 async fn letters(State(c): State<Console>) -> (StatusCode, Json<Value>) {
     match ops::dlq_list(&c.store, &c.pubsub).await {
-        Ok(letters) => {
-            let letters: Vec<Letter> = letters.into_iter().map(Letter::from).collect();
-            (StatusCode::OK, Json(json!(letters)))
-        }
+        Ok(letters) => (StatusCode::OK, Json(json!(letters))),
         Err(e) => {
             tracing::warn!(error = %e, "listing dead letters");
             let body = json!({"error": format!("listing the letters failed: {e}")});

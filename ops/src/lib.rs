@@ -216,8 +216,8 @@ pub async fn replay(
     Ok(report)
 }
 
-/// A message an operator should look at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message an operator should look at (the console's JSON as it is).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
     /// `parked`, or the dead-letter pull subscription it sits in.
     pub place: String,

@@ -185,7 +185,7 @@ impl Rng {
 fn subscriptions() -> Vec<&'static PushSubscription> {
     PUSH_SUBSCRIPTIONS
         .iter()
-        .filter(|s| !s.name.contains("dlq"))
+        .filter(|s| !saga_contracts::topology::is_dead_letter_subscription(s))
         .collect()
 }
 
@@ -341,7 +341,8 @@ pub async fn chaos(args: &ChaosArgs) -> Result<Outcome, ChaosError> {
             )
         });
         let mut up = up_args(args, project);
-        up.frontend_port = free_block()?;
+        up.frontend_port = saga_emulator::free_block(Function::ALL.len() as u16)
+            .map_err(|e| ChaosError::Io(e.to_string()))?;
         let stack = Stack::start(&up).await?;
         let target = Target {
             project: up.project.clone(),
@@ -376,16 +377,6 @@ fn up_args(args: &ChaosArgs, project: String) -> UpArgs {
         control_port: 0,
         post_rate: Some(1_000.0),
     }
-}
-
-fn free_block() -> Result<u16, ChaosError> {
-    for _ in 0..100 {
-        let p = saga_emulator::free_port().map_err(|e| ChaosError::Io(e.to_string()))?;
-        if p < 60_000 && (p..p + 5).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()) {
-            return Ok(p);
-        }
-    }
-    Err(ChaosError::Io("no five free ports in a row".into()))
 }
 
 /// The proxy's state: faults armed for the next push of a subscription, and a push held
@@ -798,23 +789,27 @@ async fn settle(
     patience: Duration,
 ) -> Result<Vec<String>, ChaosError> {
     let deadline = Instant::now() + patience;
+    let mut open: Vec<String> = placed.to_vec();
     loop {
-        let mut open = Vec::new();
-        for id in placed {
-            let order: Option<saga_contracts::order::OrderDoc> = store
-                .get(saga_contracts::docs::collections::ORDERS, id)
-                .await?;
-            match order.map(|o| o.status()) {
-                Some(s) if s.is_terminal() => {}
-                status => open.push(format!(
-                    "order {id} is {} {} s after the schedule",
-                    status.map_or("missing".to_owned(), |s| s.to_string()),
-                    patience.as_secs()
-                )),
-            }
-        }
+        // One batch get of the status field of the orders still open (an order that ended
+        // stays ended).
+        let statuses = store.order_statuses(&open).await?;
+        let still: Vec<(String, Option<saga_contracts::events::OrderStatus>)> = statuses
+            .into_iter()
+            .filter(|(_, s)| !s.is_some_and(|s| s.is_terminal()))
+            .collect();
+        open = still.iter().map(|(id, _)| id.clone()).collect();
         if open.is_empty() || Instant::now() > deadline {
-            return Ok(open);
+            return Ok(still
+                .into_iter()
+                .map(|(id, status)| {
+                    format!(
+                        "order {id} is {} {} s after the schedule",
+                        status.map_or("missing".to_owned(), |s| s.to_string()),
+                        patience.as_secs()
+                    )
+                })
+                .collect());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

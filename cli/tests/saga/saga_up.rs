@@ -15,14 +15,7 @@ fn saga() -> Command {
 
 /// Five consecutive free ports for the functions.
 fn free_block() -> u16 {
-    loop {
-        let start = free_port().expect("a free port");
-        if start < 60_000
-            && (start..start + 5).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        {
-            return start;
-        }
-    }
+    saga_emulator::free_block(5).expect("five free ports")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,13 +231,16 @@ pub(crate) async fn create_order(
     );
     // Exported as the saga's first span: the order step's span is its child (the
     // `traceparent` of the event it publishes).
-    let attributes = vec![
-        ("saga.step", Value::from(STEP)),
-        ("saga.order_id", Value::from(order_id.to_string())),
-        ("http.request.method", Value::from("POST")),
-        ("http.route", Value::from("/order")),
-    ];
     let tracer = app.rt.tracer.clone();
+    let attributes = match tracer.is_on() {
+        true => vec![
+            ("saga.step", Value::from(STEP)),
+            ("saga.order_id", Value::from(order_id.to_string())),
+            ("http.request.method", Value::from("POST")),
+            ("http.route", Value::from("/order")),
+        ],
+        false => Vec::new(),
+    };
     let work = accept(app, order, key, order_id, trace).instrument(span);
     tracer
         .scope("POST /order", Kind::Server, trace, attributes, work)
@@ -334,10 +337,7 @@ async fn accept(
 
     let (doc, replayed) = match accepted {
         Accepted::KeyReused => return Err(ApiError::KeyReused),
-        Accepted::New(_)
-            if rt.config.faults.crash_after_commit
-                || saga_infra::chaos::take(saga_infra::chaos::Fault::CrashAfterCommit) =>
-        {
+        Accepted::New(_) if rt.config.faults.crash_after_commit_now() => {
             return Err(ApiError::InjectedCrash);
         }
         Accepted::New(doc) => (doc, false),

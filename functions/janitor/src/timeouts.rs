@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use jiff::Timestamp;
 use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
 use saga_infra::Runtime;
 use saga_infra::step::{self, Ack, PushError};
+use saga_infra::store::DUE_PAGE;
 use serde::{Deserialize, Serialize};
 
 use crate::compensation::JanitorStep;
@@ -40,9 +40,6 @@ const UNFINISHED: [OrderStatus; 4] = [
     OrderStatus::Failed,
 ];
 
-/// Orders the timeout sweep reads in one page.
-const SWEEP_PAGE: u32 = 200;
-
 /// `POST /internal/sweep/timeouts`: fails with `timeout`, and compensates, every saga not
 /// over for longer than the configured timeout, page by page. One that cannot be compensated
 /// now is counted and logged, and the others still are. A late message for a compensated
@@ -51,16 +48,13 @@ pub(crate) async fn sweep_timeouts(
     State(runtime): State<Runtime>,
 ) -> Result<Json<TimeoutReport>, PushError> {
     let runtime = runtime.sweeping();
-    let timeout = jiff::SignedDuration::try_from(runtime.config.saga_timeout).unwrap_or_default();
-    let cutoff = Timestamp::now()
-        .checked_sub(timeout)
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let cutoff = saga_infra::store::changed_before(runtime.config.saga_timeout);
     let mut report = TimeoutReport::default();
     let mut after = None;
     loop {
         let page = runtime
             .store
-            .orders_due(&UNFINISHED, cutoff, after.as_ref(), SWEEP_PAGE)
+            .orders_due(&UNFINISHED, cutoff, after.as_ref(), DUE_PAGE)
             .await?;
         for (order_id, error) in &page.undecodable {
             report.stuck += 1;

@@ -35,6 +35,16 @@ pub struct DueCursor {
     pub name: String,
 }
 
+/// How many orders a sweep reads in one page of [`Store::orders_due`].
+pub const DUE_PAGE: u32 = 200;
+
+/// The time before which an order last changed is `age` old or older: a sweep's cutoff.
+pub fn changed_before(age: std::time::Duration) -> jiff::Timestamp {
+    jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(age).unwrap_or_default())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
 /// A page of [`Store::orders_due`].
 #[derive(Debug, Default)]
 pub struct DuePage {
@@ -447,23 +457,6 @@ impl Store {
             }
         }
         Ok(statuses)
-    }
-
-    /// The `n` orders changed last, newest first.
-    pub async fn recent_orders(&self, n: u32) -> Result<Vec<OrderDoc>, StoreError> {
-        let orders: Vec<OrderDoc> = self
-            .db
-            .fluent()
-            .select()
-            .from(collections::ORDERS)
-            .order(|o| o.fields([o.field("updated_at").desc()]))
-            .limit(n)
-            .obj()
-            .query()
-            .await
-            .context("reading recent orders")?;
-        self.meter.query(orders.len());
-        Ok(orders)
     }
 
     /// Orders changed at or after `since`, oldest change first, a page of at most `limit`

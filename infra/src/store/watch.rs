@@ -141,11 +141,4 @@ impl Watch {
             .context("removing a watch target")
             .map(drop)
     }
-
-    /// Stops the listener.
-    pub async fn stop(&self) {
-        if let Err(error) = self.listener.lock().await.shutdown().await {
-            tracing::warn!(%error, "watch not stopped cleanly");
-        }
-    }
 }

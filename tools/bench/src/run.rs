@@ -91,12 +91,8 @@ const BENCH_POST_RATE: f64 = 1_000_000.0;
 /// Runs the benchmark; writes `<out>/<name>.json` and `<out>/<name>.svg`.
 pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
     let free = |n| saga_emulator::free_port().map_err(|e| BenchError::Other(format!("{n}: {e}")));
-    let frontend_port = loop {
-        let p = free("ports")?;
-        if p < 60_000 && (p..p + 5).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()) {
-            break p;
-        }
-    };
+    let frontend_port = saga_emulator::free_block(Function::ALL.len() as u16)
+        .map_err(|e| BenchError::Other(format!("ports: {e}")))?;
     let up = UpArgs {
         project: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         pubsub_port: free("pubsub")?,
@@ -439,7 +435,6 @@ async fn drive(args: &BenchArgs, base: &str, store: &Store) -> Result<Drive, Ben
         ProgressBar::hidden()
     };
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let started = Instant::now();
     let waiting: Waiting = Arc::default();
     let poller = tokio::spawn(poll(store.clone(), waiting.clone()));
     let mut tasks = Vec::new();
@@ -492,7 +487,6 @@ async fn drive(args: &BenchArgs, base: &str, store: &Store) -> Result<Drive, Ben
         drive.post.push(post);
         drive.statuses.push(status);
     }
-    let _ = started;
     poller.abort();
     bar.finish_and_clear();
     Ok(drive)
