@@ -256,13 +256,21 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// The first of `n` consecutive free local ports (a stack's functions take consecutive
-/// ports from the frontend's).
+/// ports from the frontend's), between 20000 and 32000: below Linux's ephemeral range
+/// (`ip_local_port_range`, 32768-60999 by default), where the local ports of outgoing
+/// connections never land. So only another explicit bind can take the block between this
+/// check and the functions' binds, seconds later, however many connections other tests
+/// open meanwhile. Processes start their search at different places.
 pub fn free_block(n: u16) -> std::io::Result<u16> {
-    for _ in 0..100 {
-        let start = free_port()?;
-        if start < 60_000
-            && (start..start + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(7_919);
+    for _ in 0..500 {
+        let step = NEXT.fetch_add(u32::from(n), Ordering::Relaxed);
+        let start = (FIRST + seed.wrapping_add(step) % SPAN) as u16;
+        if (start..start + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return Ok(start);
         }
     }
