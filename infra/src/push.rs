@@ -5,6 +5,7 @@
 //! ([`crate::events::wire`]).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -81,6 +82,47 @@ pub struct Poison {
 pub struct Delivery {
     pub envelope: PushEnvelope,
     pub event: Event,
+}
+
+/// When a push arrived, and how long Pub/Sub held its message before pushing it: the two
+/// parts of a hop, logged with each step's answer ("step done": `delivery_ms`, `handled_ms`)
+/// so a slow hop shows whether the wait was Pub/Sub's or the function's.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    at: Instant,
+    waited: Option<Duration>,
+}
+
+impl Arrival {
+    /// `message` arrives now (`now` on the wall clock).
+    pub fn of(message: &PushedMessage, now: jiff::Timestamp) -> Arrival {
+        Arrival {
+            at: Instant::now(),
+            waited: waited(message, now),
+        }
+    }
+
+    /// Publish until push, in milliseconds: Pub/Sub's part of the hop (`publishTime` is
+    /// stamped by Pub/Sub on publish, in milliseconds on the emulator).
+    pub fn delivery_ms(&self) -> Option<f64> {
+        self.waited.map(ms)
+    }
+
+    /// Push until now, in milliseconds: this function's part so far.
+    pub fn handled_ms(&self) -> f64 {
+        ms(self.at.elapsed())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// `now` less the message's publish time; none without a readable one, or if the clocks
+/// disagree about which came first.
+fn waited(message: &PushedMessage, now: jiff::Timestamp) -> Option<Duration> {
+    let published: jiff::Timestamp = message.publish_time.as_deref()?.parse().ok()?;
+    Duration::try_from(now.duration_since(published)).ok()
 }
 
 /// Why a delivery was not decoded.
@@ -183,6 +225,33 @@ mod tests {
         assert_eq!(d.event, e);
         assert_eq!(d.envelope.message.message_id, "42");
         assert_eq!(d.envelope.message.attributes["type"], "order-created");
+    }
+
+    #[test]
+    fn an_arrival_knows_how_long_pub_sub_held_its_message() {
+        let message = |publish_time: Option<&str>| PushedMessage {
+            data: String::new(),
+            attributes: HashMap::new(),
+            message_id: "1".into(),
+            publish_time: publish_time.map(str::to_owned),
+            delivery_attempt: None,
+        };
+        let now: jiff::Timestamp = "2026-11-29T23:50:23.560Z".parse().unwrap();
+        // Given a message published 42 ms before it arrives (the emulator's milliseconds),
+        let arrival = Arrival::of(&message(Some("2026-11-29T23:50:23.518Z")), now);
+        // then its delivery took 42 ms, and its handling has only begun.
+        assert_eq!(arrival.delivery_ms(), Some(42.0));
+        assert!(arrival.handled_ms() < 1_000.0);
+        // Without a publish time, or one after the arrival (clocks apart), there is none.
+        assert_eq!(Arrival::of(&message(None), now).delivery_ms(), None);
+        assert_eq!(
+            Arrival::of(&message(Some("2026-11-29T23:50:24Z")), now).delivery_ms(),
+            None
+        );
+        assert_eq!(
+            Arrival::of(&message(Some("yesterday")), now).delivery_ms(),
+            None
+        );
     }
 
     #[test]

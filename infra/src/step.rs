@@ -38,7 +38,7 @@ use crate::events::{Event, EventBody, FailureReason};
 use crate::order::{Duplicate, Emitted, IllegalMove, OrderDoc, StepRecord};
 use crate::outbox::{self, SweepReport};
 use crate::publisher::PublishError;
-use crate::push::{self, NotDecoded, Poison};
+use crate::push::{self, Arrival, NotDecoded, Poison};
 use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
 use crate::spans::{Attributes, Kind, Value};
@@ -328,6 +328,7 @@ async fn handle<S: Step>(
     State(state): State<Arc<StepState<S>>>,
     body: Bytes,
 ) -> Result<Json<Ack>, PushError> {
+    let arrived = jiff::Timestamp::now();
     let delivery = match push::decode(&body, state.runtime.config.event_versions.accept) {
         Ok(delivery) => delivery,
         Err(NotDecoded::Poison(poison)) => return park(&state, &body, poison).await.map(Json),
@@ -358,8 +359,9 @@ async fn handle<S: Step>(
         true => step_attributes(S::NAME, &delivery.event, Some(&delivery.envelope)),
         false => Vec::new(),
     };
+    let arrival = Arrival::of(&delivery.envelope.message, arrived);
     let delivery_id = delivery.envelope.message.message_id;
-    let work = process(&state, delivery.event, trace, &delivery_id).instrument(span);
+    let work = process(&state, delivery.event, trace, &delivery_id, Some(arrival)).instrument(span);
     state
         .runtime
         .tracer
@@ -402,7 +404,7 @@ pub async fn run_once<S: Step>(
         attributes.push(("saga.source", Value::from(source)));
     }
     let delivery_id = format!("{source}-{}", event.event_id);
-    let work = process(&state, event, trace, &delivery_id).instrument(span);
+    let work = process(&state, event, trace, &delivery_id, None).instrument(span);
     runtime
         .tracer
         .scope(S::NAME, Kind::Server, trace, attributes, work)
@@ -445,12 +447,14 @@ fn step_attributes(
     attributes
 }
 
-/// One delivery: the step's transaction, then the publish of what it emitted.
+/// One delivery: the step's transaction, then the publish of what it emitted. `arrival` is
+/// the push's, for the log line that ends it (none for an event a sweep made).
 async fn process<S: Step>(
     state: &StepState<S>,
     event: Event,
     trace: TraceContext,
     delivery_id: &str,
+    arrival: Option<Arrival>,
 ) -> Result<Ack, PushError> {
     let store = &state.runtime.store;
     let emit_version = state.runtime.config.event_versions.emit;
@@ -518,14 +522,21 @@ async fn process<S: Step>(
     if let Some(emitted) = &record.emitted {
         outbox::publish(&state.runtime.publisher, emitted).await?;
     }
+    let delivery_ms = arrival.and_then(|a| a.delivery_ms());
+    let handled_ms = arrival.map(|a| a.handled_ms());
     if fresh {
-        tracing::info!(outcome = %record.outcome, "step done");
+        tracing::info!(outcome = %record.outcome, delivery_ms, handled_ms, "step done");
         Ok(Ack::Processed {
             outcome: record.outcome,
             emitted_event_id: record.emitted.map(|e| e.event_id),
         })
     } else {
-        tracing::info!(outcome = %record.outcome, "duplicate delivery, step already done");
+        tracing::info!(
+            outcome = %record.outcome,
+            delivery_ms,
+            handled_ms,
+            "duplicate delivery, step already done"
+        );
         note_duplicate(store, S::NAME, &event, delivery_id, &trace).await;
         Ok(Ack::Duplicate {
             outcome: record.outcome,

@@ -3,12 +3,13 @@
 //! the transactions that collided and ran again. The bench prints these beside its figures
 //! so a run that misses a target shows why, in numbers.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BenchResult, round};
+use crate::model::{BenchResult, PushTimes, round};
 
 /// Transactions that collided with another and ran again, as the functions logged them
 /// ("contended transaction", once per transaction that took more than one attempt).
@@ -25,21 +26,55 @@ pub struct Contention {
 impl Contention {
     /// Adds up the "contended transaction" entries among JSON log lines.
     pub fn from_log_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Contention {
-        let mut c = Contention::default();
+        Logged::from_log_lines(lines).contention
+    }
+
+    fn add(&mut self, entry: &serde_json::Value) {
+        self.transactions += 1;
+        self.retries += entry["attempts"].as_u64().unwrap_or(1).saturating_sub(1);
+        if entry["ok"] == false {
+            self.gave_up += 1;
+        }
+    }
+}
+
+/// What the functions logged during the measured orders that the bench reads: the
+/// transactions that ran again, and each step's pushes (the `delivery_ms` and `handled_ms`
+/// of its "step done" and duplicate lines).
+#[derive(Debug, Default)]
+pub struct Logged {
+    pub contention: Contention,
+    pub pushes: BTreeMap<String, PushTimes>,
+}
+
+impl Logged {
+    pub fn from_log_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Logged {
+        let mut contention = Contention::default();
+        let mut pushes: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for line in lines {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            if entry["message"] != "contended transaction" {
-                continue;
-            }
-            c.transactions += 1;
-            c.retries += entry["attempts"].as_u64().unwrap_or(1).saturating_sub(1);
-            if entry["ok"] == false {
-                c.gave_up += 1;
+            if entry["message"] == "contended transaction" {
+                contention.add(&entry);
+            } else if let (Some(step), Some(delivery), Some(handled)) = (
+                entry["step"].as_str(),
+                entry["delivery_ms"].as_f64(),
+                entry["handled_ms"].as_f64(),
+            ) {
+                pushes
+                    .entry(step.to_owned())
+                    .or_default()
+                    .push((delivery, handled));
             }
         }
-        c
+        Logged {
+            contention,
+            pushes: pushes
+                .into_iter()
+                .map(|(step, pairs)| (step, PushTimes::of(pairs)))
+                .collect(),
+        }
     }
 }
 
@@ -56,14 +91,14 @@ impl LogMarks {
         )
     }
 
-    /// The contention logged since [`LogMarks::now`].
-    pub fn contention_since(&self) -> Contention {
+    /// What was logged since [`LogMarks::now`].
+    pub fn since(&self) -> Logged {
         let logged: Vec<String> = self
             .0
             .iter()
             .map(|(path, offset)| read_from(path, *offset).unwrap_or_default())
             .collect();
-        Contention::from_log_lines(logged.iter().flat_map(|text| text.lines()))
+        Logged::from_log_lines(logged.iter().flat_map(|text| text.lines()))
     }
 }
 
@@ -177,10 +212,109 @@ impl Bounds {
     }
 }
 
+/// Where an order's time end to end went, in mean milliseconds an order: waiting for
+/// Pub/Sub to push (publish until push, over every push it took), in the steps handling
+/// those pushes (push until answer), and the rest (the POST, the first publish, the bench
+/// seeing the end).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Split {
+    pub end_to_end: f64,
+    pub waiting: f64,
+    pub handling: f64,
+}
+
+impl Split {
+    /// For `orders` orders of `end_to_end` ms on average, whose pushes were `pushes`.
+    pub fn of<'a>(
+        end_to_end: f64,
+        orders: usize,
+        pushes: impl IntoIterator<Item = &'a PushTimes>,
+    ) -> Option<Split> {
+        let (mut waiting, mut handling, mut any) = (0.0, 0.0, false);
+        for p in pushes {
+            waiting += p.delivery.mean * p.delivery.count as f64;
+            handling += p.handling.mean * p.handling.count as f64;
+            any |= p.delivery.count > 0;
+        }
+        (any && orders > 0 && end_to_end > 0.0).then(|| Split {
+            end_to_end,
+            waiting: waiting / orders as f64,
+            handling: handling / orders as f64,
+        })
+    }
+
+    pub fn rest(&self) -> f64 {
+        self.end_to_end - self.waiting - self.handling
+    }
+
+    fn line(&self) -> String {
+        let part = |ms: f64| {
+            format!(
+                "{} ms ({:.0} %)",
+                round(ms),
+                ms / self.end_to_end.max(1e-9) * 100.0
+            )
+        };
+        format!(
+            "waiting for Pub/Sub's pushes {}, in the steps {}, the rest {}",
+            part(self.waiting),
+            part(self.handling),
+            part(self.rest())
+        )
+    }
+}
+
+/// The lines that say where a run's time went, and, beside the floor, where the difference
+/// went: a run short of its floor with CPU to spare is slower per order, and this says in
+/// which part.
+pub fn time_lines(r: &BenchResult) -> String {
+    let mut t = String::new();
+    let saga = Split::of(r.end_to_end.mean, r.count, r.pushes.values());
+    if let Some(split) = &saga {
+        let steps: Vec<String> = r
+            .pushes
+            .iter()
+            .map(|(step, p)| format!("{step} {} + {}", p.delivery.mean, p.handling.mean))
+            .collect();
+        t.push_str(&format!(
+            "  time an order      {} ms mean end to end: {}\n                     its pushes, Pub/Sub's + the step's, means: {} ms\n",
+            split.end_to_end,
+            split.line(),
+            steps.join(", ")
+        ));
+    }
+    let Some(f) = &r.floor else { return t };
+    let floor = Split::of(
+        f.end_to_end.mean,
+        f.end_to_end.count,
+        std::iter::once(&f.pushes),
+    );
+    if let Some(floor) = &floor {
+        t.push_str(&format!(
+            "  floor time        {} ms mean a trivial order: {}\n                     its pushes, Pub/Sub's + the stage's, means: {} + {} ms\n",
+            floor.end_to_end,
+            floor.line(),
+            f.pushes.delivery.mean,
+            f.pushes.handling.mean
+        ));
+    }
+    if let (Some(saga), Some(floor)) = (saga, floor) {
+        let signed = |ms: f64| format!("{:+}", round(ms));
+        t.push_str(&format!(
+            "  against the floor  {} ms an order end to end: waiting for Pub/Sub {}, in the steps {}, the rest {}\n",
+            signed(saga.end_to_end - floor.end_to_end),
+            signed(saga.waiting - floor.waiting),
+            signed(saga.handling - floor.handling),
+            signed(saga.rest() - floor.rest()),
+        ));
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ProcessUse;
+    use crate::model::{Floor, Latency, ProcessUse};
 
     fn cpu(ms: f64) -> ProcessUse {
         ProcessUse {
@@ -249,6 +383,51 @@ mod tests {
     }
 
     #[test]
+    fn the_time_an_order_splits_into_pub_sub_s_waits_and_the_steps() {
+        // Given two steps' log lines, each with Pub/Sub's part and the step's,
+        let lines = [
+            r#"{"message":"step done","step":"order","delivery_ms":40.0,"handled_ms":10.0}"#,
+            r#"{"message":"step done","step":"order","delivery_ms":60.0,"handled_ms":10.0}"#,
+            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"handled_ms":6.0}"#,
+            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"handled_ms":4.0}"#,
+            r#"{"message":"step done","step":"janitor","outcome":"a sweep's: no push"}"#,
+        ];
+        let logged = Logged::from_log_lines(lines);
+        assert_eq!(logged.pushes.len(), 2);
+        assert_eq!(logged.pushes["order"].delivery.mean, 50.0);
+        assert_eq!(logged.pushes["inventory"].handling.mean, 5.0);
+        // when two orders took 130 ms each on average, and the floor's one took 110 ms over
+        // two pushes of 45 + 5,
+        let mut r = run(10, 50.0, vec![130.0, 130.0]);
+        r.count = 2;
+        r.end_to_end = Latency::of_ms(vec![130.0, 130.0]);
+        r.pushes = logged.pushes;
+        r.floor = Some(Floor {
+            end_to_end: Latency::of_ms(vec![110.0]),
+            pushes: PushTimes::of([(45.0, 5.0), (45.0, 5.0)]),
+            ..Floor::default()
+        });
+        // then each order waited 100 ms for Pub/Sub and spent 15 in the steps,
+        let split = Split::of(130.0, 2, r.pushes.values()).expect("a split");
+        assert_eq!(
+            (split.waiting, split.handling, split.rest()),
+            (100.0, 15.0, 15.0)
+        );
+        // and against the floor's 90 + 10 + 10, the lines say which part grew.
+        let lines = time_lines(&r);
+        assert!(
+            lines.contains("waiting for Pub/Sub's pushes 100 ms (77 %), in the steps 15 ms (12 %)"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains(
+                "+20 ms an order end to end: waiting for Pub/Sub +10, in the steps +5, the rest +5"
+            ),
+            "{lines}"
+        );
+    }
+
+    #[test]
     fn contention_counts_the_transactions_that_ran_again() {
         let lines = [
             r#"{"message":"event published","topic":"x"}"#,
@@ -279,7 +458,7 @@ mod tests {
         text.push_str(&format!("{line}\n"));
         std::fs::write(&log, text).expect("write");
         assert_eq!(
-            marks.contention_since(),
+            marks.since().contention,
             Contention {
                 transactions: 1,
                 retries: 2,

@@ -25,14 +25,14 @@ use futures::FutureExt;
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::model::Message;
 use saga_infra::config::Endpoint;
-use saga_infra::push::PushEnvelope;
+use saga_infra::push::{Arrival, PushEnvelope};
 use saga_infra::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 
 use saga_contracts::topology::topic_path;
 
-use crate::model::{BenchArgs, BenchError, Floor, Latency, procfs, round};
+use crate::model::{BenchArgs, BenchError, Floor, Latency, PushTimes, procfs, round};
 use saga_emulator::stack::Stack;
 
 /// Stages of a trivial order; the push hops between them are one fewer.
@@ -43,6 +43,8 @@ const STAGES: usize = 4;
 struct Samples {
     hops: Vec<Duration>,
     txns: Vec<Duration>,
+    /// Each push's Pub/Sub part and stage part, in ms, as the saga's steps log theirs.
+    pushes: Vec<(f64, f64)>,
 }
 
 #[derive(Clone)]
@@ -109,10 +111,11 @@ async fn bare_transaction(store: &Store, id: &str) -> Result<(), StoreError> {
 /// Push from the topic of stage `hop`: runs stage `hop + 1`. Like a step, 5xx asks for a
 /// redelivery.
 async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes) -> StatusCode {
-    let arrived = floor.epoch.elapsed();
+    let (arrived, now) = (floor.epoch.elapsed(), jiff::Timestamp::now());
     let Ok(envelope) = serde_json::from_slice::<PushEnvelope>(&body) else {
         return StatusCode::OK;
     };
+    let arrival = Arrival::of(&envelope.message, now);
     use base64::Engine;
     let data = base64::engine::general_purpose::STANDARD
         .decode(envelope.message.data)
@@ -127,7 +130,12 @@ async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes
             .push(arrived.saturating_sub(Duration::from_micros(sent)))
     });
     match floor.stage(hop + 1, id).await {
-        Ok(()) => StatusCode::OK,
+        Ok(()) => {
+            if let Some(delivery) = arrival.delivery_ms() {
+                floor.record(|s| s.pushes.push((delivery, arrival.handled_ms())));
+            }
+            StatusCode::OK
+        }
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -249,7 +257,13 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
     let samples = floor
         .samples
         .lock()
-        .map(|s| (Latency::of(&s.hops), Latency::of(&s.txns)))
+        .map(|s| {
+            (
+                Latency::of(&s.hops),
+                Latency::of(&s.txns),
+                PushTimes::of(s.pushes.iter().copied()),
+            )
+        })
         .map_err(|e| other(e.to_string()))?;
     let ops = floor.store.meter().counts().since(&counted);
     Ok(Floor {
@@ -257,6 +271,7 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         end_to_end: Latency::of(&orders),
         pubsub_hop: samples.0,
         firestore_txn: samples.1,
+        pushes: samples.2,
         // The floor's stages run in the bench's own process, whose CPU is not theirs alone.
         cost: crate::cost::cost(&ops, orders.len() as f64, 0.0),
         emulator_cpu_ms: emulators

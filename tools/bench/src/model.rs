@@ -56,6 +56,8 @@ pub struct BenchArgs {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Latency {
     pub count: usize,
+    #[serde(default)]
+    pub mean: f64,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -64,8 +66,17 @@ pub struct Latency {
 
 impl Latency {
     pub fn of(samples: &[Duration]) -> Latency {
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        Latency::of_ms(samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect())
+    }
+
+    /// Of samples already in milliseconds.
+    pub fn of_ms(mut ms: Vec<f64>) -> Latency {
         ms.sort_by(f64::total_cmp);
+        let mean = if ms.is_empty() {
+            0.0
+        } else {
+            round(ms.iter().sum::<f64>() / ms.len() as f64)
+        };
         let at = |q: f64| {
             if ms.is_empty() {
                 return 0.0;
@@ -75,10 +86,32 @@ impl Latency {
         };
         Latency {
             count: ms.len(),
+            mean,
             p50: at(0.50),
             p90: at(0.90),
             p99: at(0.99),
             max: at(1.0),
+        }
+    }
+}
+
+/// The pushes of one step (or the floor's stages) during the measured orders: Pub/Sub's part
+/// of each hop, publish until push (the message's `publishTime` to its arrival), and the
+/// step's, push until answer. Their sum over an order's pushes is most of its time end to
+/// end; which of the two grew is what a slow run's hops are made of.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PushTimes {
+    pub delivery: Latency,
+    pub handling: Latency,
+}
+
+impl PushTimes {
+    /// Of (delivery, handling) pairs in milliseconds.
+    pub fn of(pairs: impl IntoIterator<Item = (f64, f64)>) -> PushTimes {
+        let (delivery, handling): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+        PushTimes {
+            delivery: Latency::of_ms(delivery),
+            handling: Latency::of_ms(handling),
         }
     }
 }
@@ -109,6 +142,9 @@ pub struct Floor {
     pub pubsub_hop: Latency,
     /// A bare read-then-write transaction, within that run.
     pub firestore_txn: Latency,
+    /// Its stages' pushes, measured as the saga's steps measure theirs.
+    #[serde(default)]
+    pub pushes: PushTimes,
     /// A trivial order's operations (counted by its store, as the functions count theirs).
     #[serde(default)]
     pub cost: Option<crate::cost::OrderCost>,
@@ -132,6 +168,9 @@ pub struct BenchResult {
     pub post: Latency,
     /// Time between one step emitting an event and the next step consuming it.
     pub hops: BTreeMap<String, Latency>,
+    /// Each push step's deliveries, from its log: Pub/Sub's part and the step's.
+    #[serde(default)]
+    pub pushes: BTreeMap<String, PushTimes>,
     pub completed: usize,
     pub compensated: usize,
     pub unfinished: usize,

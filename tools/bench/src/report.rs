@@ -193,6 +193,7 @@ pub fn table(r: &BenchResult) -> String {
             t.push_str(&crate::cost::lines("floor operations", cost));
         }
     }
+    t.push_str(&crate::bounds::time_lines(r));
     t
 }
 

@@ -205,7 +205,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let emu_cpu_after: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
     let driver_cpu = cpu(&[me]).saturating_sub(driver_cpu_before);
     let five_at_once_kib = at_once.stop();
-    let contention = logs.contention_since();
+    let logged = logs.since();
     let timings = timings(&store, &drive.ids).await?;
 
     let mut result = BenchResult {
@@ -238,7 +238,8 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         hops: timings.hops,
         binaries: stack.launcher.describe(),
         warmup: args.warmup,
-        contention: Some(contention),
+        contention: Some(logged.contention),
+        pushes: logged.pushes,
         ..BenchResult::default()
     };
     let per_1000 =
