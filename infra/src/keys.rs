@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::DeserializeOwned;
 
 /// The cache's timings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,28 @@ pub enum KeyError {
     /// The keys cannot be had now: the caller should answer "retry later".
     #[error("the signing keys are unavailable: {0}")]
     Unavailable(String),
+}
+
+/// What an RS256 token must have been issued for, besides a good signature.
+#[derive(Clone, Copy, Debug)]
+pub struct Expected<'a> {
+    /// Its `aud`.
+    pub audience: &'a str,
+    /// One of these is its `iss`.
+    pub issuers: &'a [&'a str],
+    /// Clock skew allowed on `exp` (and `nbf`, `iat` where checked), in seconds.
+    pub leeway_s: u64,
+}
+
+/// Why a signed token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a token this service accepts: malformed, another algorithm, a bad signature,
+    /// another issuer or audience, expired.
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// The keys of one JWKS endpoint; cheap to clone, shared.
@@ -213,6 +236,35 @@ impl KeyCache {
             }
             self.fetch().await;
         }
+    }
+
+    /// Verifies `token` as an RS256 JWT signed with one of these keys (the one its `kid`
+    /// names), issued by one of `expected.issuers` for `expected.audience`, and unexpired;
+    /// its claims. The one check of a signature for push authentication and for users' ID
+    /// tokens: `alg` is pinned to RS256 (never the token's say), and `exp`, `iss` and `aud`
+    /// must be present.
+    pub async fn verify_rs256<C: DeserializeOwned>(
+        &self,
+        token: &str,
+        expected: Expected<'_>,
+    ) -> Result<C, TokenError> {
+        let invalid = |e: jsonwebtoken::errors::Error| TokenError::Invalid(e.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        if header.alg != Algorithm::RS256 {
+            return Err(TokenError::Invalid(format!("algorithm {:?}", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| TokenError::Invalid("no key id".into()))?;
+        let key = self.key(&kid).await?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[expected.audience]);
+        validation.set_issuer(expected.issuers);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.leeway = expected.leeway_s;
+        jsonwebtoken::decode::<C>(token, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(invalid)
     }
 
     async fn fetch(&self) {

@@ -28,10 +28,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 use serde::Deserialize;
 
-use crate::keys::{KeyCache, KeyError, Policy};
+use crate::keys::{Expected, KeyCache, KeyError, Policy, TokenError};
 
 pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
 pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
@@ -98,11 +97,12 @@ impl AuthError {
     }
 }
 
-impl From<KeyError> for AuthError {
-    fn from(error: KeyError) -> AuthError {
+impl From<TokenError> for AuthError {
+    fn from(error: TokenError) -> AuthError {
         match error {
-            KeyError::Unknown(kid) => AuthError::UnknownKey(kid),
-            KeyError::Unavailable(why) => AuthError::Keys(why),
+            TokenError::Invalid(why) => AuthError::Invalid(why),
+            TokenError::Key(KeyError::Unknown(kid)) => AuthError::UnknownKey(kid),
+            TokenError::Key(KeyError::Unavailable(why)) => AuthError::Keys(why),
         }
     }
 }
@@ -188,20 +188,12 @@ impl OidcVerifier {
 
     /// A token with its signature: verified against Google's keys, with its claims.
     async fn signed(&self, token: &str) -> Result<Claims, AuthError> {
-        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        if header.alg != Algorithm::RS256 {
-            return Err(AuthError::Invalid(format!("algorithm {:?}", header.alg)));
-        }
-        let kid = header.kid.ok_or(AuthError::UnknownKey(String::new()))?;
-        let key = self.keys.key(&kid).await?;
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.set_audience(&[&self.settings.audience]);
-        validation.set_issuer(&GOOGLE_ISSUERS);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = LEEWAY_S as u64;
-        decode::<Claims>(token, &key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+        let expected = Expected {
+            audience: &self.settings.audience,
+            issuers: &GOOGLE_ISSUERS,
+            leeway_s: LEEWAY_S as u64,
+        };
+        Ok(self.keys.verify_rs256(token, expected).await?)
     }
 
     /// A token whose signature Cloud Run's invoker check verified and removed: its claims.
