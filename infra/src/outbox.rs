@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::events::OrderStatus;
 use crate::order::Emitted;
 use crate::publisher::{EventPublisher, PublishError};
-use crate::store::{DUE_PAGE, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Publishes a committed event.
 pub async fn publish(
@@ -52,13 +52,9 @@ pub async fn sweep_pending(
     step: &str,
     grace: Duration,
 ) -> Result<SweepReport, StoreError> {
-    let cutoff = crate::store::changed_before(grace);
     let mut report = SweepReport::default();
-    let mut after = None;
-    loop {
-        let page = store
-            .orders_due(&[OrderStatus::Pending], cutoff, after.as_ref(), DUE_PAGE)
-            .await?;
+    let mut pages = store.due(&[OrderStatus::Pending], grace);
+    while let Some(page) = pages.next().await? {
         for (order_id, error) in &page.undecodable {
             report.unreadable += 1;
             tracing::error!(%order_id, %error, "order not readable; the sweep goes on without it");
@@ -76,10 +72,6 @@ pub async fn sweep_pending(
                 }
             }
         }
-        if !page.full {
-            break;
-        }
-        after = page.next;
     }
     if report.due > 0 {
         tracing::info!(?report, "outbox swept");

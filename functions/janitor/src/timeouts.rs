@@ -7,7 +7,6 @@ use axum::extract::State;
 use saga_contracts::events::{Event, EventBody, FailureReason, OrderStatus};
 use saga_infra::Runtime;
 use saga_infra::step::{self, Ack, PushError};
-use saga_infra::store::DUE_PAGE;
 use serde::{Deserialize, Serialize};
 
 use crate::compensation::JanitorStep;
@@ -48,14 +47,9 @@ pub(crate) async fn sweep_timeouts(
     State(runtime): State<Runtime>,
 ) -> Result<Json<TimeoutReport>, PushError> {
     let runtime = runtime.sweeping();
-    let cutoff = saga_infra::store::changed_before(runtime.config.saga_timeout);
     let mut report = TimeoutReport::default();
-    let mut after = None;
-    loop {
-        let page = runtime
-            .store
-            .orders_due(&UNFINISHED, cutoff, after.as_ref(), DUE_PAGE)
-            .await?;
+    let mut pages = runtime.store.due(&UNFINISHED, runtime.config.saga_timeout);
+    while let Some(page) = pages.next().await? {
         for (order_id, error) in &page.undecodable {
             report.stuck += 1;
             report.unreadable += 1;
@@ -86,10 +80,6 @@ pub(crate) async fn sweep_timeouts(
                 }
             }
         }
-        if !page.full {
-            break;
-        }
-        after = page.next;
     }
     Ok(Json(report))
 }

@@ -2,11 +2,12 @@
 //! use, and a small optimistic transaction runner ([`transaction`]).
 //!
 //! Functions reach Firestore only through what this module names: a get by id, a
-//! transaction, the few queries below ([`Store::orders_due`], [`Store::recent_orders`],
+//! transaction, the few queries below ([`Store::orders_due`],
 //! [`Store::orders_changed_since`]), appends ([`Store::note_duplicate`]) and one watch of
 //! the orders ([`Store::watch_orders`]). Every one of them
 //! counts its operations on the store's [`Meter`].
 
+mod batch_get;
 mod transaction;
 mod watch;
 
@@ -43,6 +44,32 @@ pub fn changed_before(age: std::time::Duration) -> jiff::Timestamp {
     jiff::Timestamp::now()
         .checked_sub(jiff::SignedDuration::try_from(age).unwrap_or_default())
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The pages of orders due that a sweep walks, oldest change first, until one is not full
+/// ([`Store::due`]).
+pub struct DuePages<'a> {
+    store: &'a Store,
+    statuses: &'a [OrderStatus],
+    cutoff: Timestamp,
+    after: Option<DueCursor>,
+    done: bool,
+}
+
+impl DuePages<'_> {
+    /// The next page, or none after the last.
+    pub async fn next(&mut self) -> Result<Option<DuePage>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .orders_due(self.statuses, self.cutoff, self.after.as_ref(), DUE_PAGE)
+            .await?;
+        self.done = !page.full;
+        self.after.clone_from(&page.next);
+        Ok(Some(page))
+    }
 }
 
 /// A page of [`Store::orders_due`].
@@ -239,40 +266,19 @@ impl Store {
     /// same snapshot of the database, so what is read in several requests (an audit of the
     /// orders against the stock) is consistent. Firestore keeps versions an hour back.
     pub async fn snapshot(&self) -> Result<Store, StoreError> {
-        use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
-        let what = || "reading the database's time for a snapshot".to_owned();
         // The server's clock, not ours: a batch get answers with the time it read at, and a
         // missing document is an answer.
-        let request = BatchGetDocumentsRequest {
-            database: self.db.get_database_path().clone(),
-            documents: vec![format!(
-                "{}/{}/snapshot-clock",
-                self.db.get_documents_path(),
-                collections::INVENTORY
-            )],
-            mask: None,
-            request_options: None,
-            consistency_selector: None,
-        };
+        let clock = format!(
+            "{}/{}/snapshot-clock",
+            self.db.get_documents_path(),
+            collections::INVENTORY
+        );
         self.meter.read(1);
-        let mut responses = self
-            .db
-            .client()
-            .get()
-            .batch_get_documents(request)
-            .await
-            .map_err(FirestoreError::from)
-            .context(what())?
-            .into_inner();
-        let mut read_time = None;
-        while let Some(response) = responses
-            .message()
-            .await
-            .map_err(FirestoreError::from)
-            .context(what())?
-        {
-            read_time = read_time.or(response.read_time);
-        }
+        let read_time = batch_get::batch_get(&self.db, vec![clock], None, None, || {
+            "reading the database's time for a snapshot".to_owned()
+        })
+        .await?
+        .read_time;
         let at = read_time
             .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
             .unwrap_or_else(Timestamp::now);
@@ -314,6 +320,22 @@ impl Store {
     /// The order, if there is one.
     pub async fn order(&self, order_id: &str) -> Result<Option<OrderDoc>, StoreError> {
         self.get(collections::ORDERS, order_id).await
+    }
+
+    /// Orders whose status is one of `statuses` and that last changed `age` ago or longer,
+    /// page by page ([`DUE_PAGE`] each): what a sweep walks.
+    pub fn due<'a>(
+        &'a self,
+        statuses: &'a [OrderStatus],
+        age: std::time::Duration,
+    ) -> DuePages<'a> {
+        DuePages {
+            store: self,
+            statuses,
+            cutoff: changed_before(age),
+            after: None,
+            done: false,
+        }
     }
 
     /// Orders whose status is one of `statuses` and that last changed at or before
@@ -396,10 +418,7 @@ impl Store {
         &self,
         order_ids: &[String],
     ) -> Result<Vec<(String, Option<OrderStatus>)>, StoreError> {
-        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_response::Result as Read;
-        use firestore::gcloud_sdk::google::firestore::v1::{
-            BatchGetDocumentsRequest, DocumentMask, value::ValueType,
-        };
+        use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
         let what = || format!("reading the status of {} orders", order_ids.len());
         let ids: Vec<String> = order_ids
             .iter()
@@ -416,46 +435,25 @@ impl Store {
             return Ok(Vec::new());
         }
         self.meter.read(ids.len());
-        let request = BatchGetDocumentsRequest {
-            database: self.db.get_database_path().clone(),
-            documents: ids,
-            mask: Some(DocumentMask {
-                field_paths: vec!["status".into()],
-            }),
-            request_options: None,
-            consistency_selector: None,
-        };
-        let mut responses = self
-            .db
-            .client()
-            .get()
-            .batch_get_documents(request)
-            .await
-            .map_err(FirestoreError::from)
-            .context(what())?
-            .into_inner();
+        let read =
+            batch_get::batch_get(&self.db, ids, Some(vec!["status".into()]), None, what).await?;
         let id_of = |name: &str| name.rsplit('/').next().unwrap_or(name).to_owned();
-        let mut statuses = Vec::with_capacity(order_ids.len());
-        while let Some(response) = responses
-            .message()
-            .await
-            .map_err(FirestoreError::from)
-            .context(what())?
-        {
-            match response.result {
-                Some(Read::Found(doc)) => {
-                    let status = doc.fields.get("status").and_then(|v| match &v.value_type {
-                        Some(ValueType::StringValue(s)) => {
-                            serde_json::from_value(serde_json::Value::String(s.clone())).ok()
-                        }
-                        _ => None,
-                    });
-                    statuses.push((id_of(&doc.name), status));
-                }
-                Some(Read::Missing(name)) => statuses.push((id_of(&name), None)),
-                None => {}
-            }
-        }
+        let statuses = read
+            .documents
+            .into_iter()
+            .map(|(name, doc)| {
+                let status =
+                    doc.as_ref()
+                        .and_then(|d| d.fields.get("status"))
+                        .and_then(|v| match &v.value_type {
+                            Some(ValueType::StringValue(s)) => {
+                                serde_json::from_value(serde_json::Value::String(s.clone())).ok()
+                            }
+                            _ => None,
+                        });
+                (id_of(&name), status)
+            })
+            .collect();
         Ok(statuses)
     }
 

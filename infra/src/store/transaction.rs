@@ -363,48 +363,13 @@ impl Tx<'_> {
         names: Vec<String>,
         what: impl Fn() -> String,
     ) -> Result<(), StoreError> {
-        use firestore::gcloud_sdk::google::firestore::v1::BatchGetDocumentsRequest;
-        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_request::ConsistencySelector;
-        use firestore::gcloud_sdk::google::firestore::v1::batch_get_documents_response::Result as Read;
-        // The fluent API batch-gets from one collection only and does not say when it read,
-        // so this is the raw request, through the crate's `client()` escape hatch (its
-        // gcloud-sdk types are pinned by Cargo.lock, outside the crate's semver promise).
-        let request = BatchGetDocumentsRequest {
-            database: self.attempt.db.get_database_path().clone(),
-            documents: names,
-            mask: None,
-            request_options: None,
-            consistency_selector: self.attempt.read_time.map(ConsistencySelector::ReadTime),
-        };
-        let mut responses = self
-            .attempt
-            .db
-            .client()
-            .get()
-            .batch_get_documents(request)
-            .await
-            .map_err(FirestoreError::from)
-            .context(what())?
-            .into_inner();
-        while let Some(response) = responses
-            .message()
-            .await
-            .map_err(FirestoreError::from)
-            .context(what())?
-        {
-            if self.attempt.read_time.is_none() {
-                self.attempt.read_time = response.read_time;
-            }
-            match response.result {
-                Some(Read::Found(doc)) => {
-                    self.attempt.read.insert(doc.name.clone(), Some(doc));
-                }
-                Some(Read::Missing(name)) => {
-                    self.attempt.read.insert(name, None);
-                }
-                None => {}
-            }
+        let db = &self.attempt.db;
+        let read =
+            super::batch_get::batch_get(db, names, None, self.attempt.read_time, what).await?;
+        if self.attempt.read_time.is_none() {
+            self.attempt.read_time = read.read_time;
         }
+        self.attempt.read.extend(read.documents);
         Ok(())
     }
 
