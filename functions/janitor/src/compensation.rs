@@ -90,6 +90,27 @@ pub(crate) async fn compensate(
         }
         Plan::Compensate { release, refund } => (release, refund),
     };
+    // Everything it gives back to, in one round trip (the order came in the step's first).
+    let shards: Vec<String> = match &release {
+        Some((item, _, allocations)) => allocations
+            .iter()
+            .map(|a| stock_shard_id(item, a.shard))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut ahead: Vec<(&str, &str)> = shards
+        .iter()
+        .map(|id| (collections::STOCK_SHARDS, id.as_str()))
+        .collect();
+    if let Some((item, _, allocations)) = &release
+        && allocations.is_empty()
+    {
+        ahead.push((collections::INVENTORY, item));
+    }
+    if let Some((user, _)) = &refund {
+        ahead.push((collections::USERS, user));
+    }
+    tx.read_ahead(&ahead).await?;
     let mut done = Vec::new();
     if let Some((item, quantity, allocations)) = release {
         if allocations.is_empty() {
