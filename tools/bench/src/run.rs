@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use saga_emulator::stack::{Stack, UpArgs};
 use saga_ops::check::{Baseline, check_settled};
 
+use crate::ends::{LogTail, Waiting, follow};
 use crate::model::*;
 
 /// How often [`RssSumSampler`] reads the functions' RSS.
@@ -175,6 +176,17 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         .map(|(f, p)| (*f, procfs::rss_kib(*p).0))
         .collect();
     let base = format!("http://127.0.0.1:{}", stack.ports[&Function::Frontend]);
+    // The logs of the steps that end orders, which the driver follows to hear of ends.
+    let ends: Vec<PathBuf> = stack
+        .logs
+        .iter()
+        .filter(|p| {
+            [Function::Payments, Function::Janitor]
+                .iter()
+                .any(|f| p.file_stem().is_some_and(|s| s == f.name()))
+        })
+        .cloned()
+        .collect();
     let at_once = RssSumSampler::start(pids.values().copied().collect());
     if args.warmup > 0 {
         let warmup = BenchArgs {
@@ -182,7 +194,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             workload: Workload::Spread,
             ..args.clone()
         };
-        let warm = drive(&warmup, &base, &store).await?;
+        let warm = drive(&warmup, &base, &store, &ends).await?;
         if warm.statuses.iter().any(|s| !s.is_terminal()) {
             return Err(BenchError::Other("warm-up orders did not finish".into()));
         }
@@ -197,7 +209,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let logs = crate::bounds::LogMarks::now(&stack.logs);
     let meters_before = meters(stack).await?;
 
-    let drive = drive(args, &base, &store).await?;
+    let drive = drive(args, &base, &store, &ends).await?;
     let meters_after = meters(stack).await?;
     // Resources first, before reading the timeline adds its own load.
     let fn_cpu_after: BTreeMap<Function, u64> =
@@ -349,59 +361,6 @@ struct Drive {
     ids: Vec<(String, jiff::Timestamp)>,
 }
 
-/// How often the orders in flight are looked up: only to keep `concurrency` orders in
-/// flight; latencies come from the commit times in the orders' records, not from this.
-const POLL: Duration = Duration::from_millis(20);
-
-/// The orders in flight: when each was placed, and who waits for its end.
-type Waiting = Arc<
-    std::sync::Mutex<
-        std::collections::HashMap<String, (Instant, tokio::sync::oneshot::Sender<OrderStatus>)>,
-    >,
->;
-
-/// Orders younger than this share of the typical order's time in flight are not looked up:
-/// they are unlikely to have ended, and every lookup is work for the emulator the saga is
-/// measured on.
-const POLL_FROM: f64 = 0.6;
-
-/// Tells each waiting order's sender when its order ends. One poller reads the status (and
-/// only the status) of the orders in flight that may have ended, in one batch get, so the
-/// bench's own load on the emulator stays small next to the saga's. (A watch of the ended
-/// orders costs the emulator far more: it re-evaluates the growing result set on every
-/// write.)
-async fn poll(store: Store, waiting: Waiting) {
-    // The typical time from placing an order to seeing it end (a moving average).
-    let mut typical = Duration::ZERO;
-    loop {
-        tokio::time::sleep(POLL).await;
-        let due = typical.mul_f64(POLL_FROM);
-        let ids: Vec<String> = waiting
-            .lock()
-            .map(|w| {
-                w.iter()
-                    .filter(|(_, (placed, _))| placed.elapsed() >= due)
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if ids.is_empty() {
-            continue;
-        }
-        let Ok(found) = store.order_statuses(&ids).await else {
-            continue;
-        };
-        for (id, status) in found {
-            if let Some(status) = status.filter(|s| s.is_terminal())
-                && let Some((placed, tx)) = waiting.lock().ok().and_then(|mut w| w.remove(&id))
-            {
-                typical = (typical * 7 + placed.elapsed()) / 8;
-                let _ = tx.send(status);
-            }
-        }
-    }
-}
-
 /// The order body of the i-th order of a workload.
 fn order(workload: Workload, i: usize) -> serde_json::Value {
     let spread = format!("bench-{:03}", (i * 7919) % ITEMS);
@@ -419,7 +378,12 @@ fn order(workload: Workload, i: usize) -> serde_json::Value {
 
 /// Places the orders, `concurrency` in flight at once; each is timed from its POST until its
 /// terminal status is visible in Firestore.
-async fn drive(args: &BenchArgs, base: &str, store: &Store) -> Result<Drive, BenchError> {
+async fn drive(
+    args: &BenchArgs,
+    base: &str,
+    store: &Store,
+    ends: &[PathBuf],
+) -> Result<Drive, BenchError> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()
@@ -437,7 +401,11 @@ async fn drive(args: &BenchArgs, base: &str, store: &Store) -> Result<Drive, Ben
     };
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let waiting: Waiting = Arc::default();
-    let poller = tokio::spawn(poll(store.clone(), waiting.clone()));
+    let poller = tokio::spawn(follow(
+        store.clone(),
+        waiting.clone(),
+        LogTail::from_end(ends),
+    ));
     let mut tasks = Vec::new();
     for i in 0..args.count {
         let permit = permits
