@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::config::PushAuth;
-use crate::events::{Event, EventBody, FailureReason};
+use crate::events::{Event, EventBody, FailureReason, OrderStatus};
 use crate::order::{Duplicate, Emitted, IllegalMove, OrderDoc, StepRecord};
 use crate::outbox::{self, SweepReport};
 use crate::publisher::PublishError;
@@ -231,8 +231,8 @@ impl IntoResponse for PushError {
 
 /// What the step's transaction found or did.
 enum Ran {
-    /// The step's record (new, or found), and whether it is new.
-    Done(Box<StepRecord>, bool),
+    /// The step's record (new, or found), whether it is new, and the order's status after it.
+    Done(Box<StepRecord>, bool, OrderStatus),
     NotYet(String),
 }
 
@@ -472,8 +472,11 @@ async fn process<S: Step>(
                         .collect();
                 tx.read_ahead(&ahead).await?;
                 let order: Option<OrderDoc> = tx.get(collections::ORDERS, &order_id).await?;
-                if let Some(done) = order.as_ref().and_then(|o| o.step(S::NAME)) {
-                    return Ok::<_, StepError>(Ran::Done(Box::new(done.clone()), false));
+                if let Some(order) = &order
+                    && let Some(done) = order.step(S::NAME)
+                {
+                    let status = order.status();
+                    return Ok::<_, StepError>(Ran::Done(Box::new(done.clone()), false, status));
                 }
                 let read: Option<S::Read> = match &reads {
                     Some(r) => tx.get(r.collection, &r.id).await?,
@@ -504,13 +507,13 @@ async fn process<S: Step>(
                 order.record(record.clone());
                 order.updated_at = now;
                 tx.set(collections::ORDERS, &order_id, &order)?;
-                Ok(Ran::Done(Box::new(record), true))
+                Ok(Ran::Done(Box::new(record), true, order.status()))
             }
             .boxed()
         })
         .await?;
-    let (record, fresh) = match ran {
-        Ran::Done(record, fresh) => (*record, fresh),
+    let (record, fresh, status) = match ran {
+        Ran::Done(record, fresh, status) => (*record, fresh, status),
         Ran::NotYet(why) => return Err(PushError::NotYet(why)),
     };
 
@@ -525,7 +528,7 @@ async fn process<S: Step>(
     let delivery_ms = arrival.and_then(|a| a.delivery_ms());
     let handled_ms = arrival.map(|a| a.handled_ms());
     if fresh {
-        tracing::info!(outcome = %record.outcome, delivery_ms, handled_ms, "step done");
+        tracing::info!(outcome = %record.outcome, %status, delivery_ms, handled_ms, "step done");
         Ok(Ack::Processed {
             outcome: record.outcome,
             emitted_event_id: record.emitted.map(|e| e.event_id),

@@ -133,6 +133,32 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
             .unwrap()
             .contains_key("order → inventory")
     );
+    // Where the time went: every push of every measured order, Pub/Sub's part and the
+    // step's, from the steps' own log lines; the floor's stages measured the same way.
+    let pushes = &result["pushes"];
+    for step in ["order", "inventory", "payments", "janitor"] {
+        let delivery = pushes[step]["delivery"]["count"].as_u64().unwrap_or(0);
+        assert!(delivery > 0, "{step}: {pushes}");
+        assert_eq!(
+            pushes[step]["handling"]["count"], delivery,
+            "{step}: {pushes}"
+        );
+        assert!(
+            pushes[step]["delivery"]["mean"].as_f64().unwrap() > 0.0,
+            "{step}: {pushes}"
+        );
+    }
+    assert!(
+        pushes["order"]["delivery"]["count"].as_u64().unwrap() >= 20,
+        "one push to the order step at least for each order: {pushes}"
+    );
+    assert!(
+        floor["pushes"]["delivery"]["count"].as_u64().unwrap() >= 60,
+        "{floor}"
+    );
+    for line in ["time an order", "floor time", "against the floor"] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
     // Every Firestore and Pub/Sub operation, counted by the functions, per order, with its
     // price; the floor's the same way; the sweeps' apart, per minute.
     for cost in [&result["cost"], &floor["cost"]] {

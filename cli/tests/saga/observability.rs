@@ -103,6 +103,30 @@ async fn a_saga_is_one_trace_from_the_caller_through_every_step() {
             pair[0]
         );
     }
+    // Each push step's "step done" line says where its hop's time went (how long Pub/Sub
+    // held the message, how long the step took to answer) and the order's status after it.
+    let done = |step: &str| {
+        lines
+            .iter()
+            .find(|l| l["step"] == step && l["message"] == "step done")
+            .unwrap_or_else(|| panic!("no step done line from {step}: {lines:#?}"))
+    };
+    for (step, status) in [
+        ("order", "ORDER_CREATED"),
+        ("inventory", "INVENTORY_RESERVED"),
+        ("payments", "COMPLETED"),
+    ] {
+        let line = done(step);
+        assert_eq!(line["status"], status, "{line}");
+        assert!(
+            line["delivery_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{line}"
+        );
+        assert!(
+            line["handled_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,11 @@
 //! How the bench driver hears that an order ended, so that it keeps `concurrency` orders in
-//! flight: each order's end is read from Firestore (its status, and only its status), the
-//! moment the step that may have ended it logs that it is done, and in slow rounds for any
-//! order whose line was missed.
+//! flight: from the line the step that ended it logs ("step done", with the order's status
+//! after the step), the moment it is written; and, in slow rounds, from Firestore (the
+//! status only, in one batch get) for any order whose line was missed.
 //!
 //! The floor's driver hears of a trivial order's end the moment its last stage is done (in
-//! the same process); the saga's hears of it as soon after that as one batch get allows, from
-//! the terminal steps' own log lines. Before, it polled the orders in flight every 20 ms:
+//! the same process); the saga's hears of it from the terminal steps' own log lines, written
+//! once their commit and their publish are done. Before, it polled the orders in flight every 20 ms:
 //! on average half a round late, an eighth of a c=10 order's time, and a cost to the
 //! emulator the saga is measured on. Latencies never come from this: they come from the
 //! commit times in the orders' records.
@@ -57,8 +57,9 @@ impl LogTail {
         }
     }
 
-    /// The orders a step logged "step done" for since the last call.
-    pub fn orders_done(&mut self) -> Vec<String> {
+    /// The orders a step logged "step done" for since the last call, with the order's
+    /// status after the step when the line says it.
+    pub fn orders_done(&mut self) -> Vec<(String, Option<OrderStatus>)> {
         let mut done = Vec::new();
         for (file, partial) in &mut self.files {
             if file.read_to_string(partial).is_err() {
@@ -74,25 +75,40 @@ impl LogTail {
     }
 }
 
-/// The order of a "step done" log line.
-fn order_done(line: &str) -> Option<String> {
+/// The order of a "step done" log line, and its status after the step.
+fn order_done(line: &str) -> Option<(String, Option<OrderStatus>)> {
     if !line.contains(r#""message":"step done""#) {
         return None;
     }
     let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-    entry["order_id"].as_str().map(str::to_owned)
+    let id = entry["order_id"].as_str()?.to_owned();
+    let status = serde_json::from_value(entry["status"].clone()).ok();
+    Some((id, status))
 }
 
-/// Tells each waiting order's sender when its order ends: the orders the tail names at once,
-/// every order in flight that may have ended each round; all in one batch get of their
-/// statuses.
+/// Tells each waiting order's sender when its order ends: the orders the tail names as
+/// over at once, from the status their line gives (read, if it gives none), and every order
+/// in flight that may have ended each round, in one batch get of their statuses.
 pub async fn follow(store: Store, waiting: Waiting, mut tail: LogTail) {
     // The typical time from placing an order to seeing it end (a moving average).
     let mut typical = Duration::ZERO;
     let mut last_round = Instant::now();
+    let end = |id: &str, status: OrderStatus, typical: &mut Duration| {
+        if let Some((placed, tx)) = waiting.lock().ok().and_then(|mut w| w.remove(id)) {
+            *typical = (*typical * 7 + placed.elapsed()) / 8;
+            let _ = tx.send(status);
+        }
+    };
     loop {
         tokio::time::sleep(TAIL_EVERY).await;
-        let mut ids = tail.orders_done();
+        let mut ids = Vec::new();
+        for (id, status) in tail.orders_done() {
+            match status {
+                Some(status) if status.is_terminal() => end(&id, status, &mut typical),
+                Some(_) => {}
+                None => ids.push(id),
+            }
+        }
         if last_round.elapsed() >= ROUND_EVERY {
             last_round = Instant::now();
             let due = typical.mul_f64(ROUND_FROM);
@@ -116,11 +132,8 @@ pub async fn follow(store: Store, waiting: Waiting, mut tail: LogTail) {
             continue;
         };
         for (id, status) in found {
-            if let Some(status) = status.filter(|s| s.is_terminal())
-                && let Some((placed, tx)) = waiting.lock().ok().and_then(|mut w| w.remove(&id))
-            {
-                typical = (typical * 7 + placed.elapsed()) / 8;
-                let _ = tx.send(status);
+            if let Some(status) = status.filter(|s| s.is_terminal()) {
+                end(&id, status, &mut typical);
             }
         }
     }
@@ -145,17 +158,20 @@ mod tests {
         };
         // Given a done line, another line, and half of a done line,
         append(concat!(
-            r#"{"message":"step done","order_id":"a","step":"payments"}"#,
+            r#"{"message":"step done","order_id":"a","step":"payments","status":"COMPLETED"}"#,
             "\n",
             r#"{"message":"event published","order_id":"b"}"#,
             "\n",
             r#"{"message":"step done","ord"#,
         ));
         // then only the whole done line is named, not what was there before,
-        assert_eq!(tail.orders_done(), vec!["a".to_owned()]);
+        assert_eq!(
+            tail.orders_done(),
+            vec![("a".to_owned(), Some(OrderStatus::Completed))]
+        );
         // and the half line once it is whole.
         append(concat!(r#"er_id":"c"}"#, "\n"));
-        assert_eq!(tail.orders_done(), vec!["c".to_owned()]);
+        assert_eq!(tail.orders_done(), vec![("c".to_owned(), None)]);
         assert!(tail.orders_done().is_empty());
         let _ = std::fs::remove_file(&path);
     }
