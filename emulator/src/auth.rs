@@ -274,10 +274,7 @@ impl AuthEmulator {
 impl Drop for AuthEmulator {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
+            let _ = crate::process::signal(self.child.id(), "TERM");
             let _ = self.child.wait();
         }
     }

@@ -195,10 +195,7 @@ impl Emulator {
     /// Stops the emulator and everything it started.
     pub fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
+            let _ = signal(self.child.id(), "TERM");
             let _ = self.child.wait();
         }
     }
@@ -278,4 +275,15 @@ pub fn free_block(n: u16) -> std::io::Result<u16> {
         std::io::ErrorKind::AddrInUse,
         format!("no {n} consecutive free ports"),
     ))
+}
+
+/// Sends `signal` ("TERM", "INT", "KILL") to process `pid`, through kill(1) (no unsafe libc
+/// call for it); whether the process was there to receive it.
+pub fn signal(pid: u32, signal: &str) -> std::io::Result<bool> {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .map(|status| status.success())
 }

@@ -317,9 +317,7 @@ async fn stop_all(functions: &mut BTreeMap<Function, Supervised>) {
 
 async fn terminate(mut child: Child) {
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+        let _ = crate::process::signal(pid, "TERM");
     }
     if tokio::time::timeout(STOP_GRACE, child.wait())
         .await

@@ -294,10 +294,7 @@ impl Killer {
             }
         };
         let pid = pid.ok_or_else(|| format!("{function} is not running"))?;
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .map_err(|e| e.to_string())?;
+        saga_emulator::process::signal(pid, "KILL").map_err(|e| e.to_string())?;
         Ok(pid)
     }
 }

@@ -364,11 +364,8 @@ impl Up {
     }
 
     async fn interrupt(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
+        let pid = self.child.id().expect("running");
+        saga_emulator::process::signal(pid, "INT").expect("kill");
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("saga up stops on Ctrl-C")
@@ -386,10 +383,7 @@ async fn saga_up_restarts_a_dead_function_and_stops_and_starts_one_on_demand() {
 
     let before = up.state_of("inventory").await;
     let pid = before["pid"].as_u64().expect("a pid");
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
+    saga_emulator::process::signal(pid as u32, "KILL").expect("kill");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = up.state_of("inventory").await;

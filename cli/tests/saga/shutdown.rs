@@ -59,11 +59,8 @@ async fn a_frontend_with_open_streams_stops_within_cloud_runs_grace_and_loses_no
         .await;
     let pid = frontend.id().expect("a running frontend");
     let asked = Instant::now();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    let sent = saga_emulator::process::signal(pid, "TERM").expect("kill");
+    assert!(sent);
     let exited = tokio::time::timeout(SIGKILL_AFTER, frontend.wait()).await;
     let took = asked.elapsed();
     let status = exited
