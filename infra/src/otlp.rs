@@ -119,6 +119,13 @@ impl Exporter {
         if tokio::time::timeout(limit, flush).await.is_err() {
             tracing::warn!(?limit, "spans not all exported before stopping");
         }
+        let dropped = self.dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                spans = dropped,
+                "spans dropped since this instance started (the queue full, or an export failed)"
+            );
+        }
     }
 
     /// Spans dropped so far (the queue full, or an export failed).
