@@ -76,6 +76,35 @@ pub struct UpArgs {
     pub post_rate: Option<f64>,
 }
 
+impl UpArgs {
+    /// A stack a tool starts for itself (the bench, chaos) on these ports: its own
+    /// `project`, its functions' logs in files under `log_dir` (the tool reads them), no
+    /// sign-in, no control port, the cloud's sweep schedule; the caller changes what it needs.
+    pub fn for_tool(
+        project: String,
+        log_dir: impl Into<PathBuf>,
+        (pubsub_port, firestore_port, frontend_port): (u16, u16, u16),
+    ) -> UpArgs {
+        UpArgs {
+            project,
+            pubsub_port,
+            firestore_port,
+            frontend_port,
+            no_fault_injection: false,
+            reset_data: false,
+            log_dir: log_dir.into(),
+            function_logs: true,
+            functions_from: None,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL_SECS,
+            outbox_grace: None,
+            auth: false,
+            auth_port: 0,
+            control_port: 0,
+            post_rate: None,
+        }
+    }
+}
+
 /// The password of `saga up --auth`'s demo users.
 pub const DEMO_PASSWORD: &str = "password";
 

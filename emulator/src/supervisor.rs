@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use saga_contracts::topology::Function;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -36,7 +36,7 @@ pub enum Restart {
 }
 
 /// What a function is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Running,
@@ -47,7 +47,7 @@ pub enum Phase {
 }
 
 /// One function, as `GET /functions` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionState {
     pub function: String,
     pub port: u16,
@@ -412,6 +412,20 @@ pub enum RemoteError {
     /// `saga up` refused (exit 1): an unknown function, or one already stopped or running.
     #[error("{0}")]
     Refused(String),
+}
+
+/// What `saga up` on `control_port` says its functions are doing (`GET /functions`).
+pub async fn remote_functions(control_port: u16) -> Result<Vec<FunctionState>, RemoteError> {
+    let unreachable = |reason: String| RemoteError::Unreachable {
+        port: control_port,
+        reason,
+    };
+    reqwest::get(format!("http://127.0.0.1:{control_port}/functions"))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| unreachable(format!("its answer was not the functions: {e}")))
 }
 
 /// `saga stop` / `saga start`: asks `saga up` to act on one function; what was done.

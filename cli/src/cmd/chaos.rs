@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -277,21 +276,12 @@ impl Killer {
     async fn kill(&self, function: Function) -> Result<u32, String> {
         let pid = match self {
             Killer::Own(control) => control.pid(function),
-            Killer::Up(port) => {
-                let functions: Value = reqwest::get(format!("http://127.0.0.1:{port}/functions"))
-                    .await
-                    .map_err(|e| format!("saga up's control port {port}: {e}"))?
-                    .json()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                functions
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|f| f["function"] == function.name())
-                    .and_then(|f| f["pid"].as_u64())
-                    .map(|p| p as u32)
-            }
+            Killer::Up(port) => saga_emulator::supervisor::remote_functions(*port)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|f| f.function == function.name())
+                .and_then(|f| f.pid),
         };
         let pid = pid.ok_or_else(|| format!("{function} is not running"))?;
         saga_emulator::process::signal(pid, "KILL").map_err(|e| e.to_string())?;
@@ -355,24 +345,14 @@ pub async fn chaos(args: &ChaosArgs) -> Result<Outcome, ChaosError> {
 }
 
 fn up_args(args: &ChaosArgs, project: String) -> UpArgs {
+    let ports = (args.pubsub_port, args.firestore_port, args.frontend_port);
     UpArgs {
-        project,
-        pubsub_port: args.pubsub_port,
-        firestore_port: args.firestore_port,
-        frontend_port: args.frontend_port,
-        no_fault_injection: false,
-        reset_data: false,
-        log_dir: PathBuf::from("target/chaos/logs"),
-        function_logs: true,
-        functions_from: None,
         // The outbox sweep heals a frontend that died between its commit and its publish:
         // often, with a short grace, so that a run heals in seconds.
         sweep_interval: 2,
         outbox_grace: Some(3),
-        auth: false,
-        auth_port: 0,
-        control_port: 0,
         post_rate: Some(1_000.0),
+        ..UpArgs::for_tool(project, "target/chaos/logs", ports)
     }
 }
 
@@ -424,16 +404,11 @@ impl Proxy {
     }
 }
 
-/// The order a push is about, for the record.
+/// The order a push is about, for the record ("?" if the push carries no event this build
+/// reads).
 fn order_of(body: &[u8]) -> String {
-    use base64::Engine;
-    let data = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["message"]["data"].as_str().map(str::to_owned))
-        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
-        .and_then(|d| serde_json::from_slice::<Value>(&d).ok());
-    data.and_then(|d| d["order_id"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
+    saga_infra::push::decode(body, saga_contracts::events::wire::CURRENT)
+        .map_or_else(|_| "?".into(), |d| d.event.order_id.to_string())
 }
 
 async fn push(

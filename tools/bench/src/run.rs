@@ -94,24 +94,15 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
     let free = |n| saga_emulator::free_port().map_err(|e| BenchError::Other(format!("{n}: {e}")));
     let frontend_port = saga_emulator::free_block(Function::ALL.len() as u16)
         .map_err(|e| BenchError::Other(format!("ports: {e}")))?;
+    let ports = (free("pubsub")?, free("firestore")?, frontend_port);
+    let project = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let up = UpArgs {
-        project: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-        pubsub_port: free("pubsub")?,
-        firestore_port: free("firestore")?,
-        frontend_port,
-        no_fault_injection: false,
-        reset_data: false,
-        log_dir: PathBuf::from("target/bench/logs"),
-        function_logs: true,
         functions_from: args.functions_from.clone(),
         sweep_interval: args.sweep_interval,
-        outbox_grace: None,
-        auth: false,
-        auth_port: 0,
-        control_port: 0,
         // The bench is one client placing every order: it raises the per-client limit for
         // itself (a million orders a second, a million at once).
         post_rate: Some(BENCH_POST_RATE),
+        ..UpArgs::for_tool(project, "target/bench/logs", ports)
     };
     let stack = Stack::start(&up).await?;
     let result = run(args, &stack).await;
