@@ -208,7 +208,31 @@ impl Bounds {
                 "  nearest bound      {name}: this run at {percent:.0}% of it\n"
             ));
         }
+        if let Some(line) = self.floor_budget(r) {
+            t.push_str(&line);
+        }
         t
+    }
+
+    /// What the CPU allows an order beside the floor: at the floor's orders/s the cores give
+    /// each order so many CPU ms, against what this run's cost and what the emulators alone
+    /// spent on a trivial order.
+    fn floor_budget(&self, r: &BenchResult) -> Option<String> {
+        let f = r.floor.as_ref().filter(|f| f.orders_per_s > 0.0)?;
+        if self.cores == 0 {
+            return None;
+        }
+        let budget = self.cores as f64 * 1000.0 / f.orders_per_s;
+        let floor_emulators: f64 = f.emulator_cpu_ms.values().sum();
+        Some(format!(
+            "  CPU at the floor   the floor's {} orders/s on {} cores leave an order {} CPU ms; this run's cost {} (emulators {}); a trivial order's emulators alone {}\n",
+            f.orders_per_s,
+            self.cores,
+            round(budget),
+            round(self.cpu_ms_per_order),
+            round(self.emulators_ms),
+            round(floor_emulators),
+        ))
     }
 }
 
@@ -365,6 +389,23 @@ mod tests {
         );
         assert!(
             lines.contains("nearest bound      CPU: this run at 99%"),
+            "{lines}"
+        );
+        // Beside a floor of 80 trivial orders/s whose emulators spent 20 CPU ms on each, an
+        // order at the floor's pace could cost 25 CPU ms: this one cost 33.4.
+        let mut r = r;
+        r.floor = Some(Floor {
+            orders_per_s: 80.0,
+            emulator_cpu_ms: [
+                ("Firestore emulator".to_owned(), 12.0),
+                ("Pub/Sub emulator".to_owned(), 8.0),
+            ]
+            .into(),
+            ..Floor::default()
+        });
+        let lines = b.lines(&r);
+        assert!(
+            lines.contains("the floor's 80 orders/s on 2 cores leave an order 25 CPU ms; this run's cost 33.4 (emulators 26.3); a trivial order's emulators alone 20"),
             "{lines}"
         );
     }
