@@ -245,11 +245,11 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A free local port (the OS picks one; it is free again when we hand it out).
+/// A free local port, for a process to bind a little later: one of [`free_block`]'s, below
+/// the ephemeral range (the OS's own pick, port 0, would be in it, where any outgoing
+/// connection meanwhile may take it).
 pub fn free_port() -> std::io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()
-        .map(|a| a.port())
+    free_block(1)
 }
 
 /// The first of `n` consecutive free local ports (a stack's functions take consecutive

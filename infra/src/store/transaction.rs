@@ -391,7 +391,7 @@ impl Tx<'_> {
                 .map_or(ConditionType::Exists(true), ConditionType::UpdateTime),
             None => ConditionType::Exists(false),
         });
-        self.queue(collection, id, doc, guard)
+        self.queue(collection, id, name, doc, guard)
     }
 
     /// Queues the creation of a document this transaction did not read: the write is made on
@@ -400,13 +400,22 @@ impl Tx<'_> {
     where
         T: Serialize + DeserializeOwned + Sync + Send,
     {
-        self.queue(collection, id, doc, Some(ConditionType::Exists(false)))
+        let name = self.name(collection, id);
+        self.queue(
+            collection,
+            id,
+            name,
+            doc,
+            Some(ConditionType::Exists(false)),
+        )
     }
 
+    /// Queues the write of `doc` as `collection/id`, whose full name is `name`.
     fn queue<T>(
         &mut self,
         collection: &str,
         id: &str,
+        name: String,
         doc: &T,
         guard: Option<ConditionType>,
     ) -> Result<(), StoreError>
@@ -427,7 +436,6 @@ impl Tx<'_> {
             .object(doc)
             .add_to_transaction(&mut queued)
             .context(what())?;
-        let name = self.name(collection, id);
         let guard = guard.map(|condition| Precondition {
             condition_type: Some(condition),
         });
