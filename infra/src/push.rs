@@ -85,23 +85,41 @@ pub struct Delivery {
 }
 
 /// When a push arrived, and how long Pub/Sub held its message before pushing it: the two
-/// parts of a hop, logged with each step's answer ("step done": `delivery_ms`, `handled_ms`)
-/// so a slow hop shows whether the wait was Pub/Sub's or the function's.
+/// parts of a hop, logged with each step's answer ("step done": `delivery_ms`,
+/// `committed_ms`, `handled_ms`) so a slow hop shows whether the wait was Pub/Sub's or the
+/// function's.
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival {
     at: Instant,
     waited: Option<Duration>,
 }
 
-impl Arrival {
-    /// `message` arrives now (`now` on the wall clock).
-    pub fn of(message: &PushedMessage, now: jiff::Timestamp) -> Arrival {
-        Arrival {
+/// The moment a push reached the handler, on both clocks: taken first, before anything is
+/// decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived {
+    at: Instant,
+    wall: jiff::Timestamp,
+}
+
+impl Arrived {
+    pub fn now() -> Arrived {
+        Arrived {
             at: Instant::now(),
-            waited: waited(message, now),
+            wall: jiff::Timestamp::now(),
         }
     }
 
+    /// With the message it brought, once decoded.
+    pub fn of(self, message: &PushedMessage) -> Arrival {
+        Arrival {
+            at: self.at,
+            waited: waited(message, self.wall),
+        }
+    }
+}
+
+impl Arrival {
     /// Publish until push, in milliseconds: Pub/Sub's part of the hop (`publishTime` is
     /// stamped by Pub/Sub on publish, in milliseconds on the emulator).
     pub fn delivery_ms(&self) -> Option<f64> {
@@ -110,7 +128,12 @@ impl Arrival {
 
     /// Push until now, in milliseconds: this function's part so far.
     pub fn handled_ms(&self) -> f64 {
-        ms(self.at.elapsed())
+        self.ms_until(Instant::now())
+    }
+
+    /// Push until `then`, in milliseconds.
+    pub fn ms_until(&self, then: Instant) -> f64 {
+        ms(then.saturating_duration_since(self.at))
     }
 }
 
@@ -238,20 +261,23 @@ mod tests {
         };
         let now: jiff::Timestamp = "2026-11-29T23:50:23.560Z".parse().unwrap();
         // Given a message published 42 ms before it arrives (the emulator's milliseconds),
-        let arrival = Arrival::of(&message(Some("2026-11-29T23:50:23.518Z")), now);
+        let at = |wall| Arrived {
+            at: Instant::now(),
+            wall,
+        };
+        let arrival = at(now).of(&message(Some("2026-11-29T23:50:23.518Z")));
         // then its delivery took 42 ms, and its handling has only begun.
         assert_eq!(arrival.delivery_ms(), Some(42.0));
         assert!(arrival.handled_ms() < 1_000.0);
         // Without a publish time, or one after the arrival (clocks apart), there is none.
-        assert_eq!(Arrival::of(&message(None), now).delivery_ms(), None);
+        assert_eq!(at(now).of(&message(None)).delivery_ms(), None);
         assert_eq!(
-            Arrival::of(&message(Some("2026-11-29T23:50:24Z")), now).delivery_ms(),
+            at(now)
+                .of(&message(Some("2026-11-29T23:50:24Z")))
+                .delivery_ms(),
             None
         );
-        assert_eq!(
-            Arrival::of(&message(Some("yesterday")), now).delivery_ms(),
-            None
-        );
+        assert_eq!(at(now).of(&message(Some("yesterday"))).delivery_ms(), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::events::{Event, EventBody, FailureReason, OrderStatus};
 use crate::order::{Duplicate, Emitted, IllegalMove, OrderDoc, StepRecord};
 use crate::outbox::{self, SweepReport};
 use crate::publisher::PublishError;
-use crate::push::{self, Arrival, NotDecoded, Poison};
+use crate::push::{self, Arrival, Arrived, NotDecoded, Poison};
 use crate::push_auth::{OidcVerifier, require_push_token};
 use crate::runtime::Runtime;
 use crate::spans::{Attributes, Kind, Value};
@@ -328,7 +328,7 @@ async fn handle<S: Step>(
     State(state): State<Arc<StepState<S>>>,
     body: Bytes,
 ) -> Result<Json<Ack>, PushError> {
-    let arrived = jiff::Timestamp::now();
+    let arrived = Arrived::now();
     let delivery = match push::decode(&body, state.runtime.config.event_versions.accept) {
         Ok(delivery) => delivery,
         Err(NotDecoded::Poison(poison)) => return park(&state, &body, poison).await.map(Json),
@@ -359,7 +359,7 @@ async fn handle<S: Step>(
         true => step_attributes(S::NAME, &delivery.event, Some(&delivery.envelope)),
         false => Vec::new(),
     };
-    let arrival = Arrival::of(&delivery.envelope.message, arrived);
+    let arrival = arrived.of(&delivery.envelope.message);
     let delivery_id = delivery.envelope.message.message_id;
     let work = process(&state, delivery.event, trace, &delivery_id, Some(arrival)).instrument(span);
     state
@@ -512,6 +512,8 @@ async fn process<S: Step>(
             .boxed()
         })
         .await?;
+    // Arrival until the commit returned: the step's part of the hop, before its publish.
+    let committed_ms = arrival.map(|a| a.handled_ms());
     let (record, fresh, status) = match ran {
         Ran::Done(record, fresh, status) => (*record, fresh, status),
         Ran::NotYet(why) => return Err(PushError::NotYet(why)),
@@ -528,7 +530,14 @@ async fn process<S: Step>(
     let delivery_ms = arrival.and_then(|a| a.delivery_ms());
     let handled_ms = arrival.map(|a| a.handled_ms());
     if fresh {
-        tracing::info!(outcome = %record.outcome, %status, delivery_ms, handled_ms, "step done");
+        tracing::info!(
+            outcome = %record.outcome,
+            %status,
+            delivery_ms,
+            committed_ms,
+            handled_ms,
+            "step done"
+        );
         Ok(Ack::Processed {
             outcome: record.outcome,
             emitted_event_id: record.emitted.map(|e| e.event_id),
@@ -536,7 +545,9 @@ async fn process<S: Step>(
     } else {
         tracing::info!(
             outcome = %record.outcome,
+            %status,
             delivery_ms,
+            committed_ms,
             handled_ms,
             "duplicate delivery, step already done"
         );

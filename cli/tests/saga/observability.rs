@@ -122,8 +122,11 @@ async fn a_saga_is_one_trace_from_the_caller_through_every_step() {
             line["delivery_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
             "{line}"
         );
+        let committed = line["committed_ms"].as_f64().expect("committed_ms");
         assert!(
-            line["handled_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+            line["handled_ms"]
+                .as_f64()
+                .is_some_and(|ms| ms >= committed && committed > 0.0),
             "{line}"
         );
     }

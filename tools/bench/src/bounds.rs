@@ -39,8 +39,9 @@ impl Contention {
 }
 
 /// What the functions logged during the measured orders that the bench reads: the
-/// transactions that ran again, and each step's pushes (the `delivery_ms` and `handled_ms`
-/// of its "step done" and duplicate lines).
+/// transactions that ran again, and each step's pushes (the `delivery_ms` and
+/// `committed_ms` of its "step done" lines: the deliveries that did an order's work, not
+/// the duplicates).
 #[derive(Debug, Default)]
 pub struct Logged {
     pub contention: Contention,
@@ -57,11 +58,13 @@ impl Logged {
             };
             if entry["message"] == "contended transaction" {
                 contention.add(&entry);
-            } else if let (Some(step), Some(delivery), Some(handled)) = (
-                entry["step"].as_str(),
-                entry["delivery_ms"].as_f64(),
-                entry["handled_ms"].as_f64(),
-            ) {
+            } else if entry["message"] == "step done"
+                && let (Some(step), Some(delivery), Some(handled)) = (
+                    entry["step"].as_str(),
+                    entry["delivery_ms"].as_f64(),
+                    entry["committed_ms"].as_f64(),
+                )
+            {
                 pushes
                     .entry(step.to_owned())
                     .or_default()
@@ -237,9 +240,10 @@ impl Bounds {
 }
 
 /// Where an order's time end to end went, in mean milliseconds an order: waiting for
-/// Pub/Sub to push (publish until push, over every push it took), in the steps handling
-/// those pushes (push until answer), and the rest (the POST, the first publish, the bench
-/// seeing the end).
+/// Pub/Sub to push (from the moment Pub/Sub stamped each message published until it was
+/// pushed, over every push the order took), in the steps (each push until its step's
+/// commit), and the rest: the POST's own work, and each step's publish until Pub/Sub
+/// stamps it. The parts do not overlap; an order's time ends at its last commit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Split {
     pub end_to_end: f64,
@@ -315,7 +319,7 @@ pub fn time_lines(r: &BenchResult) -> String {
     );
     if let Some(floor) = &floor {
         t.push_str(&format!(
-            "  floor time        {} ms mean a trivial order: {}\n                     its pushes, Pub/Sub's + the stage's, means: {} + {} ms\n",
+            "  floor time         {} ms mean a trivial order: {}\n                     its pushes, Pub/Sub's + the stage's, means: {} + {} ms\n",
             floor.end_to_end,
             floor.line(),
             f.pushes.delivery.mean,
@@ -425,13 +429,15 @@ mod tests {
 
     #[test]
     fn the_time_an_order_splits_into_pub_sub_s_waits_and_the_steps() {
-        // Given two steps' log lines, each with Pub/Sub's part and the step's,
+        // Given two steps' log lines, each with Pub/Sub's part and the step's (a duplicate's
+        // does no order's work and is left out),
         let lines = [
-            r#"{"message":"step done","step":"order","delivery_ms":40.0,"handled_ms":10.0}"#,
-            r#"{"message":"step done","step":"order","delivery_ms":60.0,"handled_ms":10.0}"#,
-            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"handled_ms":6.0}"#,
-            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"handled_ms":4.0}"#,
+            r#"{"message":"step done","step":"order","delivery_ms":40.0,"committed_ms":10.0,"handled_ms":12.0}"#,
+            r#"{"message":"step done","step":"order","delivery_ms":60.0,"committed_ms":10.0}"#,
+            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"committed_ms":6.0}"#,
+            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"committed_ms":4.0}"#,
             r#"{"message":"step done","step":"janitor","outcome":"a sweep's: no push"}"#,
+            r#"{"message":"duplicate delivery, step already done","step":"order","delivery_ms":900.0,"committed_ms":3.0}"#,
         ];
         let logged = Logged::from_log_lines(lines);
         assert_eq!(logged.pushes.len(), 2);

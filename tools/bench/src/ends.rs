@@ -30,6 +30,9 @@ const TAIL_EVERY: Duration = Duration::from_millis(2);
 /// (a line lost, a log not written).
 const ROUND_EVERY: Duration = Duration::from_millis(100);
 
+/// How long an order's end logged before its sender waits for it is kept.
+const EARLY_KEPT: Duration = Duration::from_secs(10);
+
 /// Orders younger than this share of the typical order's time in flight are not looked up
 /// in a round: they are unlikely to have ended, and every lookup is work for the emulator
 /// the saga is measured on.
@@ -37,7 +40,8 @@ const ROUND_FROM: f64 = 0.6;
 
 /// The new lines of the logs of the steps that end orders (payments, the janitor).
 pub struct LogTail {
-    files: Vec<(std::fs::File, String)>,
+    /// Each log, and what was read of it after its last whole line.
+    files: Vec<(std::fs::File, Vec<u8>)>,
 }
 
 impl LogTail {
@@ -51,7 +55,7 @@ impl LogTail {
                 .filter_map(|p| {
                     let mut f = std::fs::File::open(p).ok()?;
                     f.seek(SeekFrom::End(0)).ok()?;
-                    Some((f, String::new()))
+                    Some((f, Vec::new()))
                 })
                 .collect(),
         }
@@ -62,22 +66,30 @@ impl LogTail {
     pub fn orders_done(&mut self) -> Vec<(String, Option<OrderStatus>)> {
         let mut done = Vec::new();
         for (file, partial) in &mut self.files {
-            if file.read_to_string(partial).is_err() {
+            // Bytes, not text: a read may end inside a character.
+            if file.read_to_end(partial).is_err() {
                 continue;
             }
-            let Some(end) = partial.rfind('\n') else {
+            let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
                 continue;
             };
-            done.extend(partial[..end].lines().filter_map(order_done));
+            done.extend(
+                partial[..end]
+                    .split(|b| *b == b'\n')
+                    .filter_map(|line| std::str::from_utf8(line).ok())
+                    .filter_map(order_done),
+            );
             partial.drain(..=end);
         }
         done
     }
 }
 
-/// The order of a "step done" log line, and its status after the step.
+/// The order of a step's "step done" (or duplicate) log line, and its status after the step.
 fn order_done(line: &str) -> Option<(String, Option<OrderStatus>)> {
-    if !line.contains(r#""message":"step done""#) {
+    if !line.contains(r#""message":"step done""#)
+        && !line.contains(r#""message":"duplicate delivery, step already done""#)
+    {
         return None;
     }
     let entry: serde_json::Value = serde_json::from_str(line).ok()?;
@@ -93,18 +105,31 @@ pub async fn follow(store: Store, waiting: Waiting, mut tail: LogTail) {
     // The typical time from placing an order to seeing it end (a moving average).
     let mut typical = Duration::ZERO;
     let mut last_round = Instant::now();
-    let end = |id: &str, status: OrderStatus, typical: &mut Duration| {
-        if let Some((placed, tx)) = waiting.lock().ok().and_then(|mut w| w.remove(id)) {
-            *typical = (*typical * 7 + placed.elapsed()) / 8;
-            let _ = tx.send(status);
-        }
+    // Whether the order was waiting (and is now told).
+    let end = |id: &str, status: OrderStatus, typical: &mut Duration| -> bool {
+        let Some((placed, tx)) = waiting.lock().ok().and_then(|mut w| w.remove(id)) else {
+            return false;
+        };
+        *typical = (*typical * 7 + placed.elapsed()) / 8;
+        let _ = tx.send(status);
+        true
     };
+    // Ends logged before their order's sender began to wait for them (its POST's answer
+    // still on its way), kept a while for when it does.
+    let mut early: HashMap<String, (OrderStatus, Instant)> = HashMap::new();
     loop {
         tokio::time::sleep(TAIL_EVERY).await;
+        early.retain(|id, (status, seen)| {
+            !end(id, *status, &mut typical) && seen.elapsed() < EARLY_KEPT
+        });
         let mut ids = Vec::new();
         for (id, status) in tail.orders_done() {
             match status {
-                Some(status) if status.is_terminal() => end(&id, status, &mut typical),
+                Some(status) if status.is_terminal() => {
+                    if !end(&id, status, &mut typical) {
+                        early.insert(id, (status, Instant::now()));
+                    }
+                }
                 Some(_) => {}
                 None => ids.push(id),
             }
@@ -173,6 +198,34 @@ mod tests {
         append(concat!(r#"er_id":"c"}"#, "\n"));
         assert_eq!(tail.orders_done(), vec![("c".to_owned(), None)]);
         assert!(tail.orders_done().is_empty());
+        // A duplicate's line names its order too, and a read that ends inside a character
+        // loses nothing.
+        let line = r#"{"message":"duplicate delivery, step already done","order_id":"d","status":"COMPENSATED","outcome":"café"}"#;
+        let cut = line.find('é').expect("an é") + 1;
+        append(&line[..cut - 1]);
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            f.write_all(&line.as_bytes()[cut - 1..cut])
+                .expect("half a character");
+        }
+        assert!(tail.orders_done().is_empty());
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            f.write_all(&line.as_bytes()[cut..]).expect("the rest");
+            f.write_all(b"\n").expect("newline");
+        }
+        assert_eq!(
+            tail.orders_done(),
+            vec![("d".to_owned(), Some(OrderStatus::Compensated))]
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -25,7 +25,7 @@ use futures::FutureExt;
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::model::Message;
 use saga_infra::config::Endpoint;
-use saga_infra::push::{Arrival, PushEnvelope};
+use saga_infra::push::{Arrived, PushEnvelope};
 use saga_infra::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
@@ -43,7 +43,8 @@ const STAGES: usize = 4;
 struct Samples {
     hops: Vec<Duration>,
     txns: Vec<Duration>,
-    /// Each push's Pub/Sub part and stage part, in ms, as the saga's steps log theirs.
+    /// Each push's Pub/Sub part and stage part (until its transaction committed), in ms, as
+    /// the saga's steps log theirs.
     pushes: Vec<(f64, f64)>,
 }
 
@@ -59,13 +60,14 @@ struct Floorer {
 
 impl Floorer {
     /// One stage of order `id`: a bare transaction, then the publish to the next stage (or,
-    /// after the last stage, waking the order's sender).
-    async fn stage(&self, stage: usize, id: &str) -> Result<(), String> {
+    /// after the last stage, waking the order's sender). When its transaction committed.
+    async fn stage(&self, stage: usize, id: &str) -> Result<Instant, String> {
         let t0 = Instant::now();
         bare_transaction(&self.store, &format!("{id}-{stage}"))
             .await
             .map_err(|e| e.to_string())?;
-        self.record(|s| s.txns.push(t0.elapsed()));
+        let committed = Instant::now();
+        self.record(|s| s.txns.push(committed - t0));
         let sent = self.epoch.elapsed().as_micros();
         let data = format!("{id} {sent}").into_bytes();
         self.store.meter().publish(data.len());
@@ -79,7 +81,7 @@ impl Floorer {
                 let _ = waiter.send(());
             }
         }
-        Ok(())
+        Ok(committed)
     }
 
     fn record(&self, f: impl FnOnce(&mut Samples)) {
@@ -111,11 +113,11 @@ async fn bare_transaction(store: &Store, id: &str) -> Result<(), StoreError> {
 /// Push from the topic of stage `hop`: runs stage `hop + 1`. Like a step, 5xx asks for a
 /// redelivery.
 async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes) -> StatusCode {
-    let (arrived, now) = (floor.epoch.elapsed(), jiff::Timestamp::now());
+    let (arrived, at) = (floor.epoch.elapsed(), Arrived::now());
     let Ok(envelope) = serde_json::from_slice::<PushEnvelope>(&body) else {
         return StatusCode::OK;
     };
-    let arrival = Arrival::of(&envelope.message, now);
+    let arrival = at.of(&envelope.message);
     use base64::Engine;
     let data = base64::engine::general_purpose::STANDARD
         .decode(envelope.message.data)
@@ -130,9 +132,9 @@ async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes
             .push(arrived.saturating_sub(Duration::from_micros(sent)))
     });
     match floor.stage(hop + 1, id).await {
-        Ok(()) => {
+        Ok(committed) => {
             if let Some(delivery) = arrival.delivery_ms() {
-                floor.record(|s| s.pushes.push((delivery, arrival.handled_ms())));
+                floor.record(|s| s.pushes.push((delivery, arrival.ms_until(committed))));
             }
             StatusCode::OK
         }

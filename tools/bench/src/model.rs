@@ -97,8 +97,8 @@ impl Latency {
 
 /// The pushes of one step (or the floor's stages) during the measured orders: Pub/Sub's part
 /// of each hop, publish until push (the message's `publishTime` to its arrival), and the
-/// step's, push until answer. Their sum over an order's pushes is most of its time end to
-/// end; which of the two grew is what a slow run's hops are made of.
+/// step's, push until its commit. Their sum over an order's pushes is most of its time end
+/// to end; which of the two grew is what a slow run's hops are made of.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct PushTimes {
     pub delivery: Latency,

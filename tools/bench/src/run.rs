@@ -367,8 +367,8 @@ fn order(workload: Workload, i: usize) -> serde_json::Value {
     }
 }
 
-/// Places the orders, `concurrency` in flight at once; each is timed from its POST until its
-/// terminal status is visible in Firestore.
+/// Places the orders, `concurrency` in flight at once, the next as soon as the driver hears
+/// one ended ([`crate::ends`]); each order's own times come from its records afterwards.
 async fn drive(
     args: &BenchArgs,
     base: &str,
