@@ -318,12 +318,18 @@ pub fn time_lines(r: &BenchResult) -> String {
         std::iter::once(&f.pushes),
     );
     if let Some(floor) = &floor {
+        let stages: Vec<String> = f
+            .pushes_by_stage
+            .iter()
+            .map(|(stage, p)| format!("{stage} {} + {}", p.delivery.mean, p.handling.mean))
+            .collect();
         t.push_str(&format!(
-            "  floor time         {} ms mean a trivial order: {}\n                     its pushes, Pub/Sub's + the stage's, means: {} + {} ms\n",
+            "  floor time         {} ms mean a trivial order: {}\n                     its pushes, Pub/Sub's + the stage's, means: {} + {} ms ({} ms)\n",
             floor.end_to_end,
             floor.line(),
             f.pushes.delivery.mean,
-            f.pushes.handling.mean
+            f.pushes.handling.mean,
+            stages.join(", ")
         ));
     }
     if let (Some(saga), Some(floor)) = (saga, floor) {

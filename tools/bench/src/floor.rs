@@ -43,9 +43,9 @@ const STAGES: usize = 4;
 struct Samples {
     hops: Vec<Duration>,
     txns: Vec<Duration>,
-    /// Each push's Pub/Sub part and stage part (until its transaction committed), in ms, as
-    /// the saga's steps log theirs.
-    pushes: Vec<(f64, f64)>,
+    /// Each push's stage, and its Pub/Sub part and stage part (until its transaction
+    /// committed), in ms, as the saga's steps log theirs.
+    pushes: Vec<(usize, f64, f64)>,
 }
 
 #[derive(Clone)]
@@ -134,7 +134,10 @@ async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes
     match floor.stage(hop + 1, id).await {
         Ok(committed) => {
             if let Some(delivery) = arrival.delivery_ms() {
-                floor.record(|s| s.pushes.push((delivery, arrival.ms_until(committed))));
+                floor.record(|s| {
+                    s.pushes
+                        .push((hop + 1, delivery, arrival.ms_until(committed)))
+                });
             }
             StatusCode::OK
         }
@@ -263,7 +266,16 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
             (
                 Latency::of(&s.hops),
                 Latency::of(&s.txns),
-                PushTimes::of(s.pushes.iter().copied()),
+                PushTimes::of(s.pushes.iter().map(|&(_, d, h)| (d, h))),
+                (1..STAGES)
+                    .map(|stage| {
+                        let of_stage = s.pushes.iter().filter(|p| p.0 == stage);
+                        (
+                            format!("stage {stage}"),
+                            PushTimes::of(of_stage.map(|&(_, d, h)| (d, h))),
+                        )
+                    })
+                    .collect(),
             )
         })
         .map_err(|e| other(e.to_string()))?;
@@ -274,6 +286,7 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         pubsub_hop: samples.0,
         firestore_txn: samples.1,
         pushes: samples.2,
+        pushes_by_stage: samples.3,
         // The floor's stages run in the bench's own process, whose CPU is not theirs alone.
         cost: crate::cost::cost(&ops, orders.len() as f64, 0.0),
         emulator_cpu_ms: emulators

@@ -142,9 +142,12 @@ pub struct Floor {
     pub pubsub_hop: Latency,
     /// A bare read-then-write transaction, within that run.
     pub firestore_txn: Latency,
-    /// Its stages' pushes, measured as the saga's steps measure theirs.
+    /// Its stages' pushes, measured as the saga's steps measure theirs: all of them, and
+    /// each stage's (the first hop's pushes reach stage 1).
     #[serde(default)]
     pub pushes: PushTimes,
+    #[serde(default)]
+    pub pushes_by_stage: BTreeMap<String, PushTimes>,
     /// A trivial order's operations (counted by its store, as the functions count theirs).
     #[serde(default)]
     pub cost: Option<crate::cost::OrderCost>,
