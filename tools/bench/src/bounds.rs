@@ -323,13 +323,16 @@ pub fn time_lines(r: &BenchResult) -> String {
             .iter()
             .map(|(stage, p)| format!("{stage} {} + {}", p.delivery.mean, p.handling.mean))
             .collect();
+        let stages = match stages.is_empty() {
+            true => String::new(),
+            false => format!(" ({} ms)", stages.join(", ")),
+        };
         t.push_str(&format!(
-            "  floor time         {} ms mean a trivial order: {}\n                     its pushes, Pub/Sub's + the stage's, means: {} + {} ms ({} ms)\n",
+            "  floor time         {} ms mean a trivial order: {}\n                     its pushes, Pub/Sub's + the stage's, means: {} + {} ms{stages}\n",
             floor.end_to_end,
             floor.line(),
             f.pushes.delivery.mean,
             f.pushes.handling.mean,
-            stages.join(", ")
         ));
     }
     if let (Some(saga), Some(floor)) = (saga, floor) {
