@@ -529,34 +529,30 @@ async fn process<S: Step>(
     }
     let delivery_ms = arrival.and_then(|a| a.delivery_ms());
     let handled_ms = arrival.map(|a| a.handled_ms());
+    let said = match fresh {
+        true => "step done",
+        false => "duplicate delivery, step already done",
+    };
+    tracing::info!(
+        outcome = %record.outcome,
+        %status,
+        delivery_ms,
+        committed_ms,
+        handled_ms,
+        "{said}"
+    );
+    let (outcome, emitted_event_id) = (record.outcome, record.emitted.map(|e| e.event_id));
     if fresh {
-        tracing::info!(
-            outcome = %record.outcome,
-            %status,
-            delivery_ms,
-            committed_ms,
-            handled_ms,
-            "step done"
-        );
-        Ok(Ack::Processed {
-            outcome: record.outcome,
-            emitted_event_id: record.emitted.map(|e| e.event_id),
-        })
-    } else {
-        tracing::info!(
-            outcome = %record.outcome,
-            %status,
-            delivery_ms,
-            committed_ms,
-            handled_ms,
-            "duplicate delivery, step already done"
-        );
-        note_duplicate(store, S::NAME, &event, delivery_id, &trace).await;
-        Ok(Ack::Duplicate {
-            outcome: record.outcome,
-            emitted_event_id: record.emitted.map(|e| e.event_id),
-        })
+        return Ok(Ack::Processed {
+            outcome,
+            emitted_event_id,
+        });
     }
+    note_duplicate(store, S::NAME, &event, delivery_id, &trace).await;
+    Ok(Ack::Duplicate {
+        outcome,
+        emitted_event_id,
+    })
 }
 
 /// Adds the duplicate to the order's history; losing that line loses no state, so it only
