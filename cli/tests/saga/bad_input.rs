@@ -1,7 +1,7 @@
 //! Bad input gets a clear 4xx naming the field and writes nothing; poison pushes are parked.
 
 use saga_contracts::docs::{ParkedMessage, collections};
-use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::events::{Event, EventBody};
 use saga_contracts::topology::Function;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -140,12 +140,7 @@ async fn every_bad_order_is_refused_with_the_field_named_and_nothing_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_pushes_are_parked_and_acknowledged_and_orders_still_flow() {
     let app = spawn_app().await;
-    let order = OrderDetails {
-        item: "widget".into(),
-        quantity: 1,
-        user: "jack".into(),
-        payment_error: false,
-    };
+    let order = crate::helpers::jack_widgets(1);
     let wrong_type = Event::new(
         Uuid::new_v4(),
         EventBody::PaymentCreated { order, amount: 10 },

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, Validation};
-use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::events::{Event, EventBody};
 use saga_contracts::topology::Function;
 use saga_infra::config::PushAuth;
 use saga_infra::keys::{KeyCache, Policy};
@@ -163,12 +163,7 @@ fn order_requested() -> (Uuid, String) {
     let event = Event::new(
         id,
         EventBody::OrderRequested {
-            order: OrderDetails {
-                item: "widget".into(),
-                quantity: 1,
-                user: "jack".into(),
-                payment_error: false,
-            },
+            order: crate::helpers::jack_widgets(1),
         },
     );
     (

@@ -4,20 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use saga_contracts::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_contracts::events::{Event, EventBody, FailureReason};
 use saga_ops::{self as ops, Selection};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
-
-fn details() -> OrderDetails {
-    OrderDetails {
-        item: "widget".into(),
-        quantity: 1,
-        user: "jack".into(),
-        payment_error: false,
-    }
-}
 
 /// A dead letter as Pub/Sub forwards it: the event, and the source attributes it adds
 /// ("Dead-letter topics"), unless `source` is `None`.
@@ -62,7 +53,7 @@ async fn over_a_thousand_dead_letters_are_redriven_in_batches_each_to_where_it_c
     // The janitor's dead letters: 1,000 from error-sub, 40 from its dead-letter route of
     // frontend-sub, and 5 whose source was not recorded.
     let failed = || EventBody::SagaFailed {
-        order: details(),
+        order: crate::helpers::jack_widgets(1),
         reason: FailureReason::InsufficientStock,
         step: "inventory".into(),
     };
@@ -71,7 +62,9 @@ async fn over_a_thousand_dead_letters_are_redriven_in_batches_each_to_where_it_c
         .collect();
     letters.extend((0..40).map(|_| {
         letter(
-            EventBody::OrderRequested { order: details() },
+            EventBody::OrderRequested {
+                order: crate::helpers::jack_widgets(1),
+            },
             Some("frontend-sub-dlq-janitor"),
         )
     }));

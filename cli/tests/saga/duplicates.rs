@@ -46,12 +46,7 @@ async fn deliver_20_times(app: &TestApp, function: Function, event: &Event) -> V
 async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered() {
     let app = spawn_app().await;
     let id = Uuid::new_v4();
-    let order = OrderDetails {
-        item: "widget".into(),
-        quantity: 3,
-        user: "jack".into(),
-        payment_error: false,
-    };
+    let order = crate::helpers::jack_widgets(3);
 
     // order: the first delivery comes from us, so exactly one of ours runs the step.
     let requested = Event::new(

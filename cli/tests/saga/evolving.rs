@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use saga_contracts::docs::{ParkedMessage, collections};
 use saga_contracts::events::wire::{self, EventVersions};
-use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::events::{Event, EventBody};
 use saga_contracts::topology::Function;
 use saga_infra::testing::UnreadableOrder;
 use saga_ops::check::{Mode, check};
@@ -41,12 +41,7 @@ async fn deploy(app: &mut TestApp, function: Function, versions: EventVersions) 
 
 /// Pub/Sub gives a refused delivery another go after a second, and gives up only after 100.
 fn patient_pubsub() -> Options {
-    Options {
-        overrides: saga_emulator::Overrides {
-            max_delivery_attempts: Some(100),
-        },
-        ..Options::default()
-    }
+    Options::dead_letter_after(100)
 }
 
 /// The schema version `step` wrote its event for the order in (`None`: version 1, unversioned).
@@ -179,19 +174,15 @@ async fn a_rolling_deploy_in_both_directions_completes_every_saga() {
     unpinned.stop().await;
 }
 
-fn widgets() -> OrderDetails {
-    OrderDetails {
-        item: "widget".into(),
-        quantity: 1,
-        user: "jack".into(),
-        payment_error: false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_newer_than_a_revision_reads_is_retried_and_poison_is_still_parked() {
     let mut app = spawn_app_with(Options::default()).await;
-    let event = Event::new(Uuid::new_v4(), EventBody::OrderCreated { order: widgets() });
+    let event = Event::new(
+        Uuid::new_v4(),
+        EventBody::OrderCreated {
+            order: crate::helpers::jack_widgets(1),
+        },
+    );
     // A version from a future release, with a field nobody reads yet.
     let mut body = saga_infra::push::encode("order-created-sub", "1", &event);
     let data = body["message"]["data"].as_str().unwrap();
@@ -201,10 +192,7 @@ async fn an_event_newer_than_a_revision_reads_is_retried_and_poison_is_still_par
     .unwrap();
     data[wire::VERSION] = json!(wire::CURRENT + 1);
     data["gift_wrap"] = json!(true);
-    body["message"]["data"] = json!(base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        data.to_string()
-    ));
+    set_data(&mut body, &data);
     let (status, answer) = app
         .push_raw(Function::Inventory, body.to_string().into_bytes())
         .await;
@@ -226,10 +214,7 @@ async fn an_event_newer_than_a_revision_reads_is_retried_and_poison_is_still_par
     // Poison stays poison: an unknown type in a version it knows.
     data[wire::VERSION] = json!(1);
     data["type"] = json!("order-teleported");
-    body["message"]["data"] = json!(base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        data.to_string()
-    ));
+    set_data(&mut body, &data);
     let (status, answer) = app
         .push_raw(Function::Inventory, body.to_string().into_bytes())
         .await;
@@ -369,7 +354,12 @@ async fn saga_check_lists_parked_messages_and_dead_letters() {
         )
         .await;
     assert_eq!(status, 200);
-    let event = Event::new(Uuid::new_v4(), EventBody::OrderCreated { order: widgets() });
+    let event = Event::new(
+        Uuid::new_v4(),
+        EventBody::OrderCreated {
+            order: crate::helpers::jack_widgets(1),
+        },
+    );
     let dead = saga_infra::push::encode("order-created-sub", "m-2", &event);
     let data = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
@@ -420,4 +410,12 @@ async fn saga_check_lists_parked_messages_and_dead_letters() {
             .contains("parked and dead-lettered messages: 2"),
         "{report}"
     );
+}
+
+/// Puts `data` in a push body as its message's data, as Pub/Sub encodes it.
+fn set_data(body: &mut Value, data: &Value) {
+    body["message"]["data"] = json!(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        data.to_string()
+    ));
 }

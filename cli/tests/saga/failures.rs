@@ -1,4 +1,4 @@
-use saga_contracts::events::{Event, EventBody, FailureReason, OrderDetails};
+use saga_contracts::events::{Event, EventBody, FailureReason};
 use saga_contracts::order::ReservationStatus;
 use saga_contracts::topology::Function;
 use saga_emulator::seed::{BALANCE, WIDGET_STOCK, WOTSIT_STOCK};
@@ -91,12 +91,7 @@ async fn a_real_payment_failure_an_unknown_user_and_an_unknown_item_are_compensa
 async fn a_failure_that_overtakes_the_order_leaves_a_tombstone_the_late_order_respects() {
     let app = spawn_app().await;
     let id = Uuid::new_v4();
-    let order = OrderDetails {
-        item: "widget".into(),
-        quantity: 2,
-        user: "jack".into(),
-        payment_error: false,
-    };
+    let order = crate::helpers::jack_widgets(2);
     let failed = Event::new(
         id,
         EventBody::SagaFailed {

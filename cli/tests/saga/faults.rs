@@ -6,22 +6,13 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use saga_contracts::docs::collections;
-use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::events::{Event, EventBody};
 use saga_contracts::topology::Function;
 use saga_infra::config::Endpoint;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{Options, ack_kind, spawn_app, spawn_app_with};
-
-fn widgets(quantity: u32) -> OrderDetails {
-    OrderDetails {
-        item: "widget".into(),
-        quantity,
-        user: "jack".into(),
-        payment_error: false,
-    }
-}
 
 /// 1. The original design's question: what if inventory is offline?
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +91,12 @@ async fn publish_failures_answer_5xx_and_the_saga_completes_once_the_broker_is_b
     app.restart_with(Function::Order, |c| c.pubsub = Endpoint::Emulator(dead))
         .await;
     let id = Uuid::new_v4();
-    let requested = Event::new(id, EventBody::OrderRequested { order: widgets(2) });
+    let requested = Event::new(
+        id,
+        EventBody::OrderRequested {
+            order: crate::helpers::jack_widgets(2),
+        },
+    );
     let (status, body) = app.push(Function::Order, &requested).await;
     assert_eq!(status, 503, "{body}");
     // The effect is committed, the event is waiting in the outbox.
@@ -123,7 +119,7 @@ async fn events_out_of_order_and_repeated_end_in_the_right_state() {
     let reserved = Event::new(
         id,
         EventBody::InventoryReserved {
-            order: widgets(3),
+            order: crate::helpers::jack_widgets(3),
             amount: 30,
         },
     );
@@ -139,7 +135,12 @@ async fn events_out_of_order_and_repeated_end_in_the_right_state() {
         "nothing recorded"
     );
 
-    let requested = Event::new(id, EventBody::OrderRequested { order: widgets(3) });
+    let requested = Event::new(
+        id,
+        EventBody::OrderRequested {
+            order: crate::helpers::jack_widgets(3),
+        },
+    );
     let results = join_all((0..5).map(|_| app.push(Function::Order, &requested))).await;
     assert!(
         results.iter().all(|(status, _)| *status == 200),
@@ -252,13 +253,7 @@ async fn a_stuck_saga_times_out_and_its_late_event_changes_nothing() {
 /// fails and compensates its saga, so none hangs on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_keeps_failing_is_dead_lettered_and_its_saga_compensated() {
-    let app = spawn_app_with(Options {
-        overrides: saga_emulator::Overrides {
-            max_delivery_attempts: Some(5),
-        },
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(Options::dead_letter_after(5)).await;
     // A corrupt catalogue entry: inventory can never read it, and answers 503 every time.
     app.store
         .set(

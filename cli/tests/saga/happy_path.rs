@@ -133,16 +133,7 @@ async fn a_completed_order_writes_six_documents_and_reads_six() {
     let meters = || async {
         let mut sum = saga_infra::meter::Counts::default();
         for function in Function::ALL {
-            let m: saga_infra::meter::Metered = app
-                .http
-                .get(app.url(function, saga_infra::step::METER_PATH))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            sum = sum.plus(&m.orders);
+            sum = sum.plus(&app.meter(function).await.orders);
         }
         sum
     };

@@ -130,6 +130,19 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Pub/Sub dead-letters a message after `attempts` deliveries (its retries a second
+    /// apart on the emulator), for tests that need it to give up, or not, within a test.
+    pub fn dead_letter_after(attempts: i32) -> Options {
+        Options {
+            overrides: Overrides {
+                max_delivery_attempts: Some(attempts),
+            },
+            ..Options::default()
+        }
+    }
+}
+
 static AUTH: OnceCell<AuthEmulator> = OnceCell::const_new();
 
 /// The Firebase Authentication emulator every sign-in test shares (started once).
@@ -426,6 +439,18 @@ impl TestApp {
         }
     }
 
+    /// `function`'s operation counts so far (`GET /internal/meter`).
+    pub async fn meter(&self, function: Function) -> saga_infra::meter::Metered {
+        self.http
+            .get(self.url(function, saga_infra::step::METER_PATH))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn stock(&self, item: &str) -> i64 {
         self.doc::<ItemDoc>(collections::INVENTORY, item)
             .await
@@ -563,6 +588,16 @@ impl TestApp {
 }
 
 /// The kind of acknowledgement a push got.
+/// What most tests order: `quantity` widgets for jack, who can pay for them.
+pub fn jack_widgets(quantity: u32) -> saga_contracts::events::OrderDetails {
+    saga_contracts::events::OrderDetails {
+        item: "widget".into(),
+        quantity,
+        user: "jack".into(),
+        payment_error: false,
+    }
+}
+
 pub fn ack_kind(body: &Value) -> &str {
     body["ack"].as_str().unwrap_or("none")
 }

@@ -256,13 +256,7 @@ async fn replayed_history_reaches_consumers_and_changes_nothing_for_those_that_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_with_their_reason_and_redriven_once_fixed() {
-    let app = spawn_app_with(Options {
-        overrides: saga_emulator::Overrides {
-            max_delivery_attempts: Some(5),
-        },
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(Options::dead_letter_after(5)).await;
     let store = target(&app).store().await.unwrap();
     let pubsub = target(&app).pubsub().unwrap();
 

@@ -3,7 +3,7 @@
 //! account, and processes those with one; on the emulator, which opens a connection for
 //! every push and never reuses one, a push route closes its connection after answering.
 
-use saga_contracts::events::{Event, EventBody, OrderDetails};
+use saga_contracts::events::{Event, EventBody};
 use saga_contracts::topology::Function;
 use saga_infra::config::PushAuth;
 use saga_infra::push_auth::OidcSettings;
@@ -21,12 +21,7 @@ fn order_requested_push() -> String {
     let event = Event::new(
         Uuid::new_v4(),
         EventBody::OrderRequested {
-            order: OrderDetails {
-                item: "widget".into(),
-                quantity: 1,
-                user: "jack".into(),
-                payment_error: false,
-            },
+            order: crate::helpers::jack_widgets(1),
         },
     );
     saga_infra::push::encode("frontend-sub", "m-1", &event).to_string()

@@ -272,18 +272,7 @@ async fn one_client_opening_500_streams_gets_the_cap_and_orders_still_go_through
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_pages_cost_no_reads_while_nothing_changes() {
     let app = spawn_app_with(Options::default()).await;
-    let reads = || async {
-        let m: saga_infra::meter::Metered = app
-            .http
-            .get(app.url(Function::Frontend, saga_infra::step::METER_PATH))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        m.orders.billed_reads()
-    };
+    let reads = || async { app.meter(Function::Frontend).await.orders.billed_reads() };
     let pages = join_all((0..5).map(|_| stream(&app, None))).await;
     let mut firsts = Vec::new();
     for page in pages {
@@ -393,12 +382,7 @@ async fn a_request_that_hangs_is_answered_at_its_time_limit() {
         ..Options::default()
     })
     .await;
-    let firestore = Proxy::start(crate::helpers::hosts().await.firestore.clone()).await;
-    let via = firestore.addr.clone();
-    app.restart_with(Function::Frontend, |c| {
-        c.firestore = Endpoint::Emulator(via)
-    })
-    .await;
+    let firestore = frontend_through_a_proxy(&mut app).await;
     let widget = json!({"item": "widget", "quantity": 1, "user": "jack"});
     let (status, placed) = post(&app, None, widget.clone()).await;
     assert_eq!(status, 202);
@@ -415,12 +399,7 @@ async fn a_request_that_hangs_is_answered_at_its_time_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_bodies_say_what_to_do_never_what_failed_inside() {
     let mut app = spawn_app_with(Options::default()).await;
-    let firestore = Proxy::start(crate::helpers::hosts().await.firestore.clone()).await;
-    let via = firestore.addr.clone();
-    app.restart_with(Function::Frontend, |c| {
-        c.firestore = Endpoint::Emulator(via)
-    })
-    .await;
+    let firestore = frontend_through_a_proxy(&mut app).await;
     let widget = json!({"item": "widget", "quantity": 1, "user": "jack"});
     assert_eq!(post(&app, None, widget.clone()).await.0, 202);
     firestore.cut();
@@ -438,4 +417,15 @@ async fn error_bodies_say_what_to_do_never_what_failed_inside() {
     ] {
         assert!(!text.contains(leak), "{leak} in {body}");
     }
+}
+
+/// Restarts the frontend to reach Firestore through a proxy the test can stall or cut.
+async fn frontend_through_a_proxy(app: &mut TestApp) -> Proxy {
+    let firestore = Proxy::start(crate::helpers::hosts().await.firestore.clone()).await;
+    let via = firestore.addr.clone();
+    app.restart_with(Function::Frontend, |c| {
+        c.firestore = Endpoint::Emulator(via)
+    })
+    .await;
+    firestore
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use futures::FutureExt;
 use jiff::Timestamp;
 use saga_contracts::docs::{UserDoc, collections};
-use saga_contracts::events::{OrderDetails, OrderStatus};
+use saga_contracts::events::OrderStatus;
 use saga_contracts::order::{Duplicate, OrderDoc};
 use saga_infra::config::Endpoint;
 use saga_infra::store::{Store, StoreError};
@@ -237,12 +237,7 @@ async fn reads_of_missing_and_repeated_documents_in_one_transaction() {
 /// An order accepted `seconds` after the epoch, moved to `status`.
 fn order_changed_at(seconds: i64, status: OrderStatus) -> OrderDoc {
     let at = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(seconds);
-    let details = OrderDetails {
-        item: "widget".into(),
-        quantity: 1,
-        user: "jack".into(),
-        payment_error: false,
-    };
+    let details = crate::helpers::jack_widgets(1);
     let mut order = OrderDoc::new(Uuid::new_v4(), &details, at);
     if status != OrderStatus::Pending {
         order.advance(status, at).expect("a legal move");
