@@ -255,17 +255,7 @@ async fn a_stuck_saga_times_out_and_its_late_event_changes_nothing() {
 async fn a_message_that_keeps_failing_is_dead_lettered_and_its_saga_compensated() {
     let app = spawn_app_with(Options::dead_letter_after(5)).await;
     // A corrupt catalogue entry: inventory can never read it, and answers 503 every time.
-    app.store
-        .set(
-            collections::INVENTORY,
-            "broken",
-            &json!({"price": "ten", "stock": "many"}),
-        )
-        .await
-        .unwrap();
-    let id = app
-        .place(json!({"item": "broken", "quantity": 1, "user": "jack"}))
-        .await;
+    let id = app.place_on_a_broken_item().await;
     let order = app.wait_terminal(id).await;
     assert_eq!(
         (order["status"].as_str(), order["reason"].as_str()),

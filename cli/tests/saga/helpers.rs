@@ -17,7 +17,7 @@ use saga_infra::store::Store;
 use saga_infra::telemetry::{CloudLogging, MemoryWriter};
 use saga_ops::check::{Baseline, check_settled};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::{OnceCell, oneshot};
 use uuid::Uuid;
 
@@ -449,6 +449,21 @@ impl TestApp {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Places an order for an item whose catalogue entry inventory can never read: it
+    /// answers 503 every time, until Pub/Sub dead-letters the delivery.
+    pub async fn place_on_a_broken_item(&self) -> Uuid {
+        self.store
+            .set(
+                collections::INVENTORY,
+                "broken",
+                &json!({"price": "ten", "stock": "many"}),
+            )
+            .await
+            .unwrap();
+        self.place(json!({"item": "broken", "quantity": 1, "user": "jack"}))
+            .await
     }
 
     pub async fn stock(&self, item: &str) -> i64 {

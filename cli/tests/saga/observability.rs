@@ -263,17 +263,7 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven_once_fixed() {
     // A parked message, and a dead letter (a catalogue entry inventory cannot read).
     let (status, _) = app.push_raw(Function::Order, b"not json".to_vec()).await;
     assert_eq!(status, 200);
-    app.store
-        .set(
-            collections::INVENTORY,
-            "broken",
-            &json!({"price": "ten", "stock": "many"}),
-        )
-        .await
-        .unwrap();
-    let id = app
-        .place(json!({"item": "broken", "quantity": 1, "user": "jack"}))
-        .await;
+    let id = app.place_on_a_broken_item().await;
     assert_eq!(app.wait_terminal(id).await["reason"], "dead-lettered");
 
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
