@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use saga_emulator::stack::UpError;
-use saga_ops::Target;
 use saga_ops::check::Mode;
+use saga_ops::{OpsError, Target};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
@@ -38,12 +37,8 @@ pub async fn run(args: CheckArgs) -> ExitCode {
 }
 
 /// `saga check`: the invariants of the project's data against the seed state.
-pub async fn check(args: CheckArgs) -> Result<saga_ops::check::Report, UpError> {
-    let store = args
-        .target
-        .store()
-        .await
-        .map_err(|e| UpError::Io(e.to_string()))?;
+pub async fn check(args: CheckArgs) -> Result<saga_ops::check::Report, OpsError> {
+    let store = args.target.store().await?;
     let baseline = saga_ops::check::Baseline::seed();
     let mut report = if args.in_flight {
         let stuck_after = Duration::from_secs(args.stuck_after);
@@ -51,12 +46,6 @@ pub async fn check(args: CheckArgs) -> Result<saga_ops::check::Report, UpError> 
     } else {
         saga_ops::check::check_settled(&store, &baseline, saga_ops::check::SETTLE).await?
     };
-    let pubsub = args
-        .target
-        .pubsub()
-        .map_err(|e| UpError::Io(e.to_string()))?;
-    report.letters = saga_ops::dlq_list(&store, &pubsub)
-        .await
-        .map_err(|e| UpError::Io(e.to_string()))?;
+    report.letters = saga_ops::dlq_list(&store, &args.target.pubsub()?).await?;
     Ok(report)
 }

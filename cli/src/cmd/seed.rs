@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use saga_emulator::SeedMode;
-use saga_emulator::stack::UpError;
-use saga_ops::Target;
+use saga_ops::{OpsError, Target};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SeedArgs {
@@ -28,12 +27,8 @@ pub async fn run(args: SeedArgs) -> ExitCode {
 }
 
 /// `saga seed`: seeds the emulator, or a project on Google Cloud; returns how many documents it wrote.
-pub async fn seed(args: SeedArgs) -> Result<usize, UpError> {
-    let store = args
-        .target
-        .store()
-        .await
-        .map_err(|e| UpError::Io(e.to_string()))?;
+pub async fn seed(args: SeedArgs) -> Result<usize, OpsError> {
+    let store = args.target.store().await?;
     let mode = if args.reset {
         SeedMode::Reset
     } else {
