@@ -18,20 +18,27 @@ use crate::{AuthEmulator, Emulator, Kind, SeedMode};
 /// Set by `saga up` on the functions it starts: its pid, so they stop when it is gone.
 pub const PARENT_ENV: &str = "SAGA_UP_PARENT_PID";
 
+/// Where a local stack listens (`saga up`'s, or the one `saga chaos` runs against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct Ports {
+    /// Port of the Pub/Sub emulator (reused if one already answers there).
+    #[arg(long = "pubsub-port", value_name = "PORT", default_value_t = 8085)]
+    pub pubsub: u16,
+    /// Port of the Firestore emulator (reused if one already answers there).
+    #[arg(long = "firestore-port", value_name = "PORT", default_value_t = 8086)]
+    pub firestore: u16,
+    /// Port of the frontend; order, inventory, payments and janitor take the next four.
+    #[arg(long = "frontend-port", value_name = "PORT", default_value_t = 8080)]
+    pub frontend: u16,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
     /// Project id on the emulators (6 to 30 characters).
     #[arg(long, default_value = "saga-local")]
     pub project: String,
-    /// Port of the Pub/Sub emulator (reused if one already answers there).
-    #[arg(long, default_value_t = 8085)]
-    pub pubsub_port: u16,
-    /// Port of the Firestore emulator (reused if one already answers there).
-    #[arg(long, default_value_t = 8086)]
-    pub firestore_port: u16,
-    /// Port of the frontend; order, inventory, payments and janitor take the next four.
-    #[arg(long, default_value_t = 8080)]
-    pub frontend_port: u16,
+    #[command(flatten)]
+    pub ports: Ports,
     /// Turn off the `payment-error` fault switch.
     #[arg(long)]
     pub no_fault_injection: bool,
@@ -80,16 +87,10 @@ impl UpArgs {
     /// A stack a tool starts for itself (the bench, chaos) on these ports: its own
     /// `project`, its functions' logs in files under `log_dir` (the tool reads them), no
     /// sign-in, no control port, the cloud's sweep schedule; the caller changes what it needs.
-    pub fn for_tool(
-        project: String,
-        log_dir: impl Into<PathBuf>,
-        (pubsub_port, firestore_port, frontend_port): (u16, u16, u16),
-    ) -> UpArgs {
+    pub fn for_tool(project: String, log_dir: impl Into<PathBuf>, ports: Ports) -> UpArgs {
         UpArgs {
             project,
-            pubsub_port,
-            firestore_port,
-            frontend_port,
+            ports,
             no_fault_injection: false,
             reset_data: false,
             log_dir: log_dir.into(),
@@ -141,7 +142,7 @@ impl UpArgs {
             .iter()
             .position(|f| *f == function)
             .unwrap_or(0);
-        self.frontend_port + offset as u16
+        self.ports.frontend + offset as u16
     }
 }
 
@@ -174,8 +175,8 @@ impl Stack {
         std::fs::create_dir_all(&args.log_dir)
             .map_err(|e| UpError::Io(format!("creating {}: {e}", args.log_dir.display())))?;
         let launcher = Launcher::of(args)?;
-        let pubsub_host = format!("127.0.0.1:{}", args.pubsub_port);
-        let firestore_host = format!("127.0.0.1:{}", args.firestore_port);
+        let pubsub_host = format!("127.0.0.1:{}", args.ports.pubsub);
+        let firestore_host = format!("127.0.0.1:{}", args.ports.firestore);
         for function in Function::ALL {
             let port = args.port_of(function);
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {

@@ -30,7 +30,7 @@ use saga_infra::store::Store;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use saga_emulator::stack::{Stack, UpArgs, UpError};
+use saga_emulator::stack::{Ports, Stack, UpArgs, UpError};
 use saga_emulator::supervisor::{Control, DEFAULT_CONTROL_PORT};
 use saga_ops::pubsub_rest::PubsubRest;
 
@@ -54,15 +54,10 @@ pub struct ChaosArgs {
     /// Project id (with --against-up, saga up's; otherwise a new one by default).
     #[arg(long)]
     pub project: Option<String>,
-    /// Port of the Pub/Sub emulator (started if none answers there).
-    #[arg(long, default_value_t = 8085)]
-    pub pubsub_port: u16,
-    /// Port of the Firestore emulator (started if none answers there).
-    #[arg(long, default_value_t = 8086)]
-    pub firestore_port: u16,
-    /// With --against-up: saga up's frontend port (the others follow it).
-    #[arg(long, default_value_t = 8080)]
-    pub frontend_port: u16,
+    /// The emulators' ports (started if none answers there) and, with --against-up, saga
+    /// up's frontend port (the others follow it).
+    #[command(flatten)]
+    pub ports: Ports,
     /// With --against-up: saga up's control port, to kill a function.
     #[arg(long, default_value_t = DEFAULT_CONTROL_PORT)]
     pub control_port: u16,
@@ -313,8 +308,8 @@ pub async fn chaos(args: &ChaosArgs) -> Result<Outcome, ChaosError> {
         let up = up_args(args, args.project.clone().unwrap_or("saga-local".into()));
         let target = Target {
             project: up.project.clone(),
-            pubsub_host: format!("127.0.0.1:{}", up.pubsub_port),
-            firestore_host: format!("127.0.0.1:{}", up.firestore_port),
+            pubsub_host: format!("127.0.0.1:{}", up.ports.pubsub),
+            firestore_host: format!("127.0.0.1:{}", up.ports.firestore),
             ports: Function::ALL.map(|f| (f, up.port_of(f))).into(),
             killer: Killer::Up(args.control_port),
         };
@@ -328,13 +323,13 @@ pub async fn chaos(args: &ChaosArgs) -> Result<Outcome, ChaosError> {
             )
         });
         let mut up = up_args(args, project);
-        up.frontend_port = saga_emulator::free_block(Function::ALL.len() as u16)
+        up.ports.frontend = saga_emulator::free_block(Function::ALL.len() as u16)
             .map_err(|e| ChaosError::Io(e.to_string()))?;
         let stack = Stack::start(&up).await?;
         let target = Target {
             project: up.project.clone(),
-            pubsub_host: format!("127.0.0.1:{}", up.pubsub_port),
-            firestore_host: format!("127.0.0.1:{}", up.firestore_port),
+            pubsub_host: format!("127.0.0.1:{}", up.ports.pubsub),
+            firestore_host: format!("127.0.0.1:{}", up.ports.firestore),
             ports: stack.ports.clone(),
             killer: Killer::Own(stack.control.clone()),
         };
@@ -345,14 +340,13 @@ pub async fn chaos(args: &ChaosArgs) -> Result<Outcome, ChaosError> {
 }
 
 fn up_args(args: &ChaosArgs, project: String) -> UpArgs {
-    let ports = (args.pubsub_port, args.firestore_port, args.frontend_port);
     UpArgs {
         // The outbox sweep heals a frontend that died between its commit and its publish:
         // often, with a short grace, so that a run heals in seconds.
         sweep_interval: 2,
         outbox_grace: Some(3),
         post_rate: Some(1_000.0),
-        ..UpArgs::for_tool(project, "target/chaos/logs", ports)
+        ..UpArgs::for_tool(project, "target/chaos/logs", args.ports)
     }
 }
 

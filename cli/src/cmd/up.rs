@@ -32,7 +32,7 @@ async fn up(args: UpArgs) -> Result<(), UpError> {
     let console = saga_ops::console::router(
         Store::connect(&stack.config.project_id, &stack.config.firestore).await?,
         saga_ops::pubsub_rest::PubsubRest::emulator(
-            &format!("127.0.0.1:{}", args.pubsub_port),
+            &format!("127.0.0.1:{}", args.ports.pubsub),
             &stack.config.project_id,
         ),
     );
@@ -55,8 +55,8 @@ fn print_banner(args: &UpArgs, config: &Config, seeded: usize) {
     out.push_str("\nThe order saga is up.\n\n");
     out.push_str(&format!(
         "  Pub/Sub emulator    127.0.0.1:{}\n  Firestore emulator  127.0.0.1:{}\n  project             {}\n  fault injection     {}\n  seed documents      {} written ({} existing kept)\n\n",
-        args.pubsub_port,
-        args.firestore_port,
+        args.ports.pubsub,
+        args.ports.firestore,
         config.project_id,
         if config.fault_injection { "on" } else { "off" },
         seeded,
@@ -87,7 +87,7 @@ fn print_banner(args: &UpArgs, config: &Config, seeded: usize) {
         "\nPlace an order:\n  curl -i -X POST {frontend}/order -H 'Content-Type: application/json' \\\n       -d '{{\"item\":\"widget\",\"quantity\":5,\"user\":\"jack\"}}'\n\
          Follow it:\n  curl {frontend}/order/<order_id>\n\
          Watch results (another terminal):\n  export CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://127.0.0.1:{}/ CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_PROJECT={}\n  gcloud pubsub subscriptions pull payment-created-sub --auto-ack\n  gcloud pubsub subscriptions pull error-cli-sub --auto-ack\n         Parked messages and dead letters, with a redrive button:\n  http://127.0.0.1:{}/\n         Take a function offline and back (a function that dies is restarted by itself):\n  cargo run --bin saga -- stop inventory --control-port {}\n  cargo run --bin saga -- start inventory --control-port {}\n\nCtrl-C stops everything.\n",
-        args.pubsub_port,
+        args.ports.pubsub,
         config.project_id,
         args.control_port,
         args.control_port,

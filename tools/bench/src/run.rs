@@ -18,7 +18,7 @@ use saga_infra::timeline::{self, EntryKind};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use saga_emulator::stack::{Stack, UpArgs};
+use saga_emulator::stack::{Ports, Stack, UpArgs};
 use saga_ops::check::{Baseline, check_settled};
 
 use crate::ends::{LogTail, Waiting, follow};
@@ -94,7 +94,11 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
     let free = |n| saga_emulator::free_port().map_err(|e| BenchError::Other(format!("{n}: {e}")));
     let frontend_port = saga_emulator::free_block(Function::ALL.len() as u16)
         .map_err(|e| BenchError::Other(format!("ports: {e}")))?;
-    let ports = (free("pubsub")?, free("firestore")?, frontend_port);
+    let ports = Ports {
+        pubsub: free("pubsub")?,
+        firestore: free("firestore")?,
+        frontend: frontend_port,
+    };
     let project = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let up = UpArgs {
         functions_from: args.functions_from.clone(),
