@@ -5,7 +5,6 @@ use saga_emulator::seed::{BALANCE, WIDGET_STOCK};
 use std::time::Duration;
 
 use futures::future::join_all;
-use saga_contracts::docs::collections;
 use saga_contracts::events::{Event, EventBody};
 use saga_contracts::topology::Function;
 use saga_infra::config::Endpoint;
@@ -272,13 +271,6 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_its_saga_compensated(
         "operators see the dead letter"
     );
     // The operator repairs the entry; nothing was taken from it meanwhile.
-    app.store
-        .set(
-            collections::INVENTORY,
-            "broken",
-            &json!({"price": 1, "stock": 0}),
-        )
-        .await
-        .unwrap();
+    app.repair_the_broken_item().await;
     app.assert_invariants().await;
 }

@@ -466,6 +466,18 @@ impl TestApp {
             .await
     }
 
+    /// Repairs the item [`TestApp::place_on_a_broken_item`] broke: readable, out of stock.
+    pub async fn repair_the_broken_item(&self) {
+        self.store
+            .set(
+                collections::INVENTORY,
+                "broken",
+                &json!({"price": 1, "stock": 0}),
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn stock(&self, item: &str) -> i64 {
         self.doc::<ItemDoc>(collections::INVENTORY, item)
             .await

@@ -298,14 +298,7 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven_once_fixed() {
 
     // The cause is fixed; the dead letter goes back to order-created, and inventory takes it
     // (the saga was compensated meanwhile, so it takes nothing).
-    app.store
-        .set(
-            collections::INVENTORY,
-            "broken",
-            &json!({"price": 1, "stock": 0}),
-        )
-        .await
-        .unwrap();
+    app.repair_the_broken_item().await;
     let redriven = ops::dlq_redrive(
         &store,
         &pubsub,
