@@ -156,7 +156,15 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         floor["pushes"]["delivery"]["count"].as_u64().unwrap() >= 60,
         "{floor}"
     );
-    for line in ["time an order", "floor time", "against the floor"] {
+    // And what the CPU allows beside the floor: the budget an order, and each emulator's
+    // cost an operation against the floor's.
+    for line in [
+        "time an order",
+        "floor time",
+        "against the floor",
+        "CPU at the floor",
+        "per operation",
+    ] {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }
     // Every Firestore and Pub/Sub operation, counted by the functions, per order, with its

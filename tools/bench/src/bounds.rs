@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use saga_emulator::process::Kind;
+
 use crate::model::{BenchResult, PushTimes, round};
 
 /// Transactions that collided with another and ran again, as the functions logged them
@@ -214,6 +216,9 @@ impl Bounds {
         if let Some(line) = self.floor_budget(r) {
             t.push_str(&line);
         }
+        if let Some(line) = per_operation(r) {
+            t.push_str(&line);
+        }
         t
     }
 
@@ -237,6 +242,37 @@ impl Bounds {
             round(floor_emulators),
         ))
     }
+}
+
+/// What each emulator spent on one operation, the saga's against the floor's: whether the
+/// saga's orders cost the emulators more because they make more operations or because each
+/// costs more (bigger documents). Firestore's are the documents read and written; Pub/Sub's
+/// the publishes (each with the push it leads to, but the last). At the floor's cost an
+/// operation, the saga's operations alone would take the emulators the sum.
+fn per_operation(r: &BenchResult) -> Option<String> {
+    let f = r.floor.as_ref()?;
+    let (ops, floor_ops) = (&r.cost.as_ref()?.per_order, &f.cost.as_ref()?.per_order);
+    let documents = |o: &crate::cost::Ops| o.reads + o.writes + o.deletes;
+    let spent = |name: &str| r.emulators.get(name).map(|p| p.cpu_s_per_1000_orders);
+    let each = |ms: f64, n: f64| (n > 0.0).then(|| ms / n);
+    let (firestore, pubsub) = (Kind::Firestore.name(), Kind::PubSub.name());
+    let saga_firestore = each(spent(firestore)?, documents(ops))?;
+    let floor_firestore = each(*f.emulator_cpu_ms.get(firestore)?, documents(floor_ops))?;
+    let saga_pubsub = each(spent(pubsub)?, ops.publishes)?;
+    let floor_pubsub = each(*f.emulator_cpu_ms.get(pubsub)?, floor_ops.publishes)?;
+    let at_floor_cost = floor_firestore * documents(ops) + floor_pubsub * ops.publishes;
+    Some(format!(
+        "  per operation      {firestore} {} CPU ms a document read or written ({} an order), the floor's {} ({}); {pubsub} {} a publish ({}), the floor's {} ({}) => at the floor's cost an operation, this order's operations take the emulators {} CPU ms\n",
+        crate::cost::round2(saga_firestore),
+        round(documents(ops)),
+        crate::cost::round2(floor_firestore),
+        round(documents(floor_ops)),
+        crate::cost::round2(saga_pubsub),
+        round(ops.publishes),
+        crate::cost::round2(floor_pubsub),
+        round(floor_ops.publishes),
+        round(at_floor_cost),
+    ))
 }
 
 /// Where an order's time end to end went, in mean milliseconds an order: waiting for
@@ -421,6 +457,47 @@ mod tests {
             lines.contains("the floor's 80 orders/s on 2 cores leave an order 25 CPU ms; this run's cost 33.4 (emulators 26.3); a trivial order's emulators alone 20"),
             "{lines}"
         );
+    }
+
+    #[test]
+    fn the_emulators_cost_an_operation_is_set_beside_the_floor_s() {
+        use crate::cost::{Ops, OrderCost};
+        let order = |reads, writes, publishes| OrderCost {
+            per_order: Ops {
+                reads,
+                writes,
+                publishes,
+                ..Ops::default()
+            },
+            ..OrderCost::default()
+        };
+        // Given an order of 6 reads, 6 writes and 4 publishes on which the Firestore emulator
+        // spent 16.8 CPU ms and the Pub/Sub emulator 9.5,
+        let mut r = run(50, 80.0, vec![500.0]);
+        r.cost = Some(order(6.0, 6.0, 4.0));
+        // and the floor's trivial order of 4 reads, 4 writes and 4 publishes, 12 and 8,
+        r.floor = Some(Floor {
+            orders_per_s: 120.0,
+            cost: Some(order(4.0, 4.0, 4.0)),
+            emulator_cpu_ms: [
+                ("Firestore emulator".to_owned(), 12.0),
+                ("Pub/Sub emulator".to_owned(), 8.0),
+            ]
+            .into(),
+            ..Floor::default()
+        });
+        // when the bounds are printed,
+        let lines = Bounds::of(&r).expect("bounds").lines(&r);
+        // then each emulator's cost an operation stands beside the floor's, and the saga's
+        // operations at the floor's cost: 12 × 1.5 + 4 × 2 = 26 CPU ms.
+        assert!(
+            lines.contains("per operation      Firestore emulator 1.4 CPU ms a document read or written (12 an order), the floor's 1.5 (8); Pub/Sub emulator 2.38 a publish (4), the floor's 2 (4) => at the floor's cost an operation, this order's operations take the emulators 26 CPU ms"),
+            "{lines}"
+        );
+        // and without the floor's operations counted, there is no such line.
+        r.floor.as_mut().expect("a floor").cost = None;
+        let lines = Bounds::of(&r).expect("bounds").lines(&r);
+        assert!(!lines.contains("per operation"), "{lines}");
     }
 
     #[test]

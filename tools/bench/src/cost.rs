@@ -141,7 +141,8 @@ pub fn per_million(prices: &Prices, per_order: &Ops, cpu_ms: f64, requests: f64)
     }
 }
 
-fn round2(x: f64) -> f64 {
+/// Rounds to two decimals, as the per-order operations show.
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
