@@ -115,8 +115,16 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         result["binaries"],
         format!("per-function binaries from {}", bin.display())
     );
-    // The floor: 20 trivial orders of 4 transactions and 3 push hops each.
+    // The floor: 20 trivial orders of 4 transactions and 3 push hops each, after 5 of its
+    // own to warm up, as the saga's 20 came after 5 spread orders.
     let floor = &result["floor"];
+    assert_eq!(floor["warmup"], 5, "{floor}");
+    assert!(
+        stdout.contains(
+            "5 spread orders before, not measured; the floor's 5 trivial ones before its own"
+        ),
+        "{stdout}"
+    );
     assert!(floor["orders_per_s"].as_f64().unwrap() > 0.0, "{floor}");
     assert_eq!(floor["end_to_end"]["count"], 20, "{floor}");
     assert!(

@@ -32,7 +32,9 @@ use tokio::sync::{Semaphore, oneshot};
 
 use saga_contracts::topology::topic_path;
 
-use crate::model::{BenchArgs, BenchError, Floor, Latency, PushTimes, procfs, round};
+use crate::model::{
+    BenchArgs, BenchError, Floor, Latency, PushTimes, WARMUP_CONCURRENCY, procfs, round,
+};
 use saga_emulator::stack::Stack;
 
 /// Stages of a trivial order; the push hops between them are one fewer.
@@ -59,6 +61,42 @@ struct Floorer {
 }
 
 impl Floorer {
+    /// Runs `count` trivial orders, `concurrency` at a time; each one's time from its first
+    /// transaction until its last publish, for those that finished within a minute.
+    async fn drive(&self, count: usize, concurrency: usize) -> Result<Vec<Duration>, String> {
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::new();
+        for _ in 0..count {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let floor = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let (tx, rx) = oneshot::channel();
+                if let Ok(mut w) = floor.waiters.lock() {
+                    w.insert(id.clone(), tx);
+                }
+                let t0 = Instant::now();
+                floor.stage(0, &id).await.ok()?;
+                tokio::time::timeout(Duration::from_secs(60), rx)
+                    .await
+                    .ok()
+                    .map(|_| t0.elapsed())
+            }));
+        }
+        let mut orders = Vec::new();
+        for task in tasks {
+            if let Ok(Some(total)) = task.await {
+                orders.push(total);
+            }
+        }
+        Ok(orders)
+    }
+
     /// One stage of order `id`: a bare transaction, then the publish to the next stage (or,
     /// after the last stage, waking the order's sender). When its transaction committed.
     async fn stage(&self, stage: usize, id: &str) -> Result<Instant, String> {
@@ -201,7 +239,20 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         .with_state(floor.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    // The floor's own warm-up, as the saga has its own: its trivial orders are the emulators'
+    // first on their topics, subscriptions and collection.
+    if args.warmup > 0 {
+        let warm = floor
+            .drive(args.warmup, args.concurrency.max(WARMUP_CONCURRENCY))
+            .await
+            .map_err(other)?;
+        if warm.len() < args.warmup {
+            return Err(other("warm-up trivial orders did not finish".into()));
+        }
+        if let Ok(mut samples) = floor.samples.lock() {
+            *samples = Samples::default();
+        }
+    }
     let counted = floor.store.meter().counts();
     let emulators: Vec<(String, Vec<u32>)> = stack
         .emulators
@@ -216,35 +267,10 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
     };
     let ticks_before = emulator_ticks();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.count {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| other(e.to_string()))?;
-        let floor = floor.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            let (tx, rx) = oneshot::channel();
-            if let Ok(mut w) = floor.waiters.lock() {
-                w.insert(id.clone(), tx);
-            }
-            let t0 = Instant::now();
-            floor.stage(0, &id).await.ok()?;
-            tokio::time::timeout(Duration::from_secs(60), rx)
-                .await
-                .ok()
-                .map(|_| t0.elapsed())
-        }));
-    }
-    let mut orders = Vec::new();
-    for task in tasks {
-        if let Ok(Some(total)) = task.await {
-            orders.push(total);
-        }
-    }
+    let orders = floor
+        .drive(args.count, args.concurrency)
+        .await
+        .map_err(other)?;
     let elapsed = started.elapsed();
     let emulator_ticks: Vec<u64> = emulator_ticks()
         .iter()
@@ -282,6 +308,7 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
     let ops = floor.store.meter().counts().since(&counted);
     Ok(Floor {
         orders_per_s: round(orders.len() as f64 / elapsed.as_secs_f64().max(1e-3)),
+        warmup: args.warmup,
         end_to_end: Latency::of(&orders),
         pubsub_hop: samples.0,
         firestore_txn: samples.1,

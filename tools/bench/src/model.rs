@@ -39,9 +39,9 @@ pub struct BenchArgs {
     /// (see `saga up --functions-from`).
     #[arg(long, value_name = "DIR")]
     pub functions_from: Option<PathBuf>,
-    /// Orders placed first and not measured (`spread` orders at the same concurrency), so
-    /// the emulators' JIT and caches are warm, as a long-running stack's are, and as they
-    /// are for the floor, which runs after.
+    /// Orders placed first and not measured (`spread` orders, at least 50 at a time), so
+    /// the emulators' JIT, heaps and caches are warm, as a long-running stack's are; with
+    /// `--floor`, as many trivial orders run first, not measured, before the floor's.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
     /// Seconds between each function's sweeps (see `saga up --sweep-interval`).
@@ -51,6 +51,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
 }
+
+/// Warm-up orders go at least this many at a time, whatever the run's concurrency: what
+/// warms the emulators (JVMs) is how many orders they have handled, not how many at once,
+/// and a sequential run's warm-up would otherwise take longer than the run by far.
+pub const WARMUP_CONCURRENCY: usize = 50;
 
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -135,6 +140,10 @@ pub struct Floor {
     /// Trivial orders per second: an order's shape (4 stages of a bare transaction and a
     /// publish, 3 push hops between them) with none of its logic, same count and concurrency.
     pub orders_per_s: f64,
+    /// Trivial orders run first and not measured (0 in results recorded before the floor
+    /// had a warm-up of its own).
+    #[serde(default)]
+    pub warmup: usize,
     /// A trivial order from its first transaction until its last publish.
     #[serde(default)]
     pub end_to_end: Latency,

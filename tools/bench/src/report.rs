@@ -104,8 +104,14 @@ pub fn table(r: &BenchResult) -> String {
         r.orders_per_s, r.count, r.seconds
     ));
     if r.warmup > 0 {
+        let floor = match &r.floor {
+            Some(f) if f.warmup > 0 => {
+                format!("; the floor's {} trivial ones before its own", f.warmup)
+            }
+            _ => String::new(),
+        };
         t.push_str(&format!(
-            "  warm-up            {} spread orders before, not measured\n",
+            "  warm-up            {} spread orders before, not measured{floor}\n",
             r.warmup
         ));
     }

@@ -187,6 +187,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         let warmup = BenchArgs {
             count: args.warmup,
             workload: Workload::Spread,
+            concurrency: args.concurrency.max(WARMUP_CONCURRENCY),
             ..args.clone()
         };
         let warm = drive(&warmup, &base, &store, &ends).await?;
