@@ -247,8 +247,10 @@ impl Bounds {
 /// What each emulator spent on one operation, the saga's against the floor's: whether the
 /// saga's orders cost the emulators more because they make more operations or because each
 /// costs more (bigger documents). Firestore's are the documents read and written; Pub/Sub's
-/// the publishes (each with the push it leads to, but the last). At the floor's cost an
-/// operation, the saga's operations alone would take the emulators the sum.
+/// the publishes (each with the push it leads to, but the last). Each emulator's whole CPU
+/// is divided over them: a commit's own cost is spread over its documents, and both make 4
+/// commits an order. At the floor's cost an operation, the saga's operations alone would
+/// take the emulators the sum, set beside what they took.
 fn per_operation(r: &BenchResult) -> Option<String> {
     let f = r.floor.as_ref()?;
     let (ops, floor_ops) = (&r.cost.as_ref()?.per_order, &f.cost.as_ref()?.per_order);
@@ -261,8 +263,9 @@ fn per_operation(r: &BenchResult) -> Option<String> {
     let saga_pubsub = each(spent(pubsub)?, ops.publishes)?;
     let floor_pubsub = each(*f.emulator_cpu_ms.get(pubsub)?, floor_ops.publishes)?;
     let at_floor_cost = floor_firestore * documents(ops) + floor_pubsub * ops.publishes;
+    let took = spent(firestore)? + spent(pubsub)?;
     Some(format!(
-        "  per operation      {firestore} {} CPU ms a document read or written ({} an order), the floor's {} ({}); {pubsub} {} a publish ({}), the floor's {} ({}) => at the floor's cost an operation, this order's operations take the emulators {} CPU ms\n",
+        "  per operation      {firestore} {} CPU ms a document read or written ({} an order), the floor's {} ({}); {pubsub} {} a publish ({}), the floor's {} ({}) => at the floor's cost an operation, this order's operations would take the emulators {} CPU ms (they took {})\n",
         crate::cost::round2(saga_firestore),
         round(documents(ops)),
         crate::cost::round2(floor_firestore),
@@ -272,6 +275,7 @@ fn per_operation(r: &BenchResult) -> Option<String> {
         crate::cost::round2(floor_pubsub),
         round(floor_ops.publishes),
         round(at_floor_cost),
+        round(took),
     ))
 }
 
@@ -491,7 +495,7 @@ mod tests {
         // then each emulator's cost an operation stands beside the floor's, and the saga's
         // operations at the floor's cost: 12 × 1.5 + 4 × 2 = 26 CPU ms.
         assert!(
-            lines.contains("per operation      Firestore emulator 1.4 CPU ms a document read or written (12 an order), the floor's 1.5 (8); Pub/Sub emulator 2.38 a publish (4), the floor's 2 (4) => at the floor's cost an operation, this order's operations take the emulators 26 CPU ms"),
+            lines.contains("per operation      Firestore emulator 1.4 CPU ms a document read or written (12 an order), the floor's 1.5 (8); Pub/Sub emulator 2.38 a publish (4), the floor's 2 (4) => at the floor's cost an operation, this order's operations would take the emulators 26 CPU ms (they took 26.3)"),
             "{lines}"
         );
         // and without the floor's operations counted, there is no such line.

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! client: txn, publish floor-0 → push → txn, publish floor-1 → push → txn, publish floor-2
-//!         → push → txn, publish floor-3 (no subscriber: like payment-created) → done
+//!         → push → txn, publish floor-3 (no push subscriber, like payment-created) → done
 //! ```
 //!
 //! The chain and the transactions run together, as in the saga, so they compete for the same
@@ -113,13 +113,15 @@ impl Floorer {
             .publish(Message::new().set_data(data))
             .await
             .map_err(|e| e.to_string())?;
-        if stage + 1 == STAGES {
-            let waiter = self.waiters.lock().ok().and_then(|mut w| w.remove(id));
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(());
-            }
-        }
         Ok(committed)
+    }
+
+    /// Trivial order `id` is over: wakes its sender.
+    fn done(&self, id: &str) {
+        let waiter = self.waiters.lock().ok().and_then(|mut w| w.remove(id));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(());
+        }
     }
 
     fn record(&self, f: impl FnOnce(&mut Samples)) {
@@ -176,6 +178,11 @@ async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes
                     s.pushes
                         .push((hop + 1, delivery, arrival.ms_until(committed)))
                 });
+            }
+            // Only once its last push is recorded: a warm-up's samples are cleared when its
+            // last order is over, and a run's are read then.
+            if hop + 2 == STAGES {
+                floor.done(id);
             }
             StatusCode::OK
         }

@@ -193,8 +193,8 @@ pub struct BenchResult {
     #[serde(default)]
     pub binaries: String,
     pub emulators: BTreeMap<String, ProcessUse>,
-    /// Orders placed before the measured ones (warm-up), not counted in any figure but
-    /// the peak RSS.
+    /// Orders placed before the measured ones (warm-up), not counted in any figure (the
+    /// peak RSS is reset after them, where Linux allows it).
     #[serde(default)]
     pub warmup: usize,
     /// Orders in the project when the invariants were checked: the measured ones and the
@@ -206,7 +206,7 @@ pub struct BenchResult {
     #[serde(default)]
     pub driver_cpu_s_per_1000_orders: f64,
     /// The five functions' RSS summed at one instant, the highest sum seen (sampled every
-    /// [`RSS_SAMPLE_EVERY`] over the warm-up and the measured orders): what they hold
+    /// [`RSS_SAMPLE_EVERY`] over the measured orders): what they hold
     /// resident together. The sum of each one's own peak is an upper bound: it may add peaks
     /// that came at different moments.
     #[serde(default)]
@@ -263,6 +263,12 @@ pub mod procfs {
                 .unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Resets the process's peak RSS to its current RSS (`echo 5 > /proc/PID/clear_refs`,
+    /// proc(5)), so that [`rss_kib`]'s peak is from then on. False if it could not.
+    pub fn reset_peak_rss(pid: u32) -> bool {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
     }
 
     /// (proportional set size, private memory) in KiB: what the process costs when its code

@@ -182,7 +182,6 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         })
         .cloned()
         .collect();
-    let at_once = RssSumSampler::start(pids.values().copied().collect());
     if args.warmup > 0 {
         let warmup = BenchArgs {
             count: args.warmup,
@@ -194,7 +193,15 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         if warm.statuses.iter().any(|s| !s.is_terminal()) {
             return Err(BenchError::Other("warm-up orders did not finish".into()));
         }
+        // The peaks are the measured orders', at their concurrency, not the warm-up's.
+        for pid in pids
+            .values()
+            .chain(emulator_trees.iter().flat_map(|(_, tree)| tree))
+        {
+            procfs::reset_peak_rss(*pid);
+        }
     }
+    let at_once = RssSumSampler::start(pids.values().copied().collect());
 
     let cpu = |ps: &[u32]| ps.iter().map(|p| procfs::cpu_ticks(*p)).sum::<u64>();
     let fn_cpu_before: BTreeMap<Function, u64> =
