@@ -97,8 +97,8 @@ impl Floorer {
         Ok(orders)
     }
 
-    /// One stage of order `id`: a bare transaction, then the publish to the next stage (or,
-    /// after the last stage, waking the order's sender). When its transaction committed.
+    /// One stage of order `id`: a bare transaction, then the publish to the next stage.
+    /// When its transaction committed.
     async fn stage(&self, stage: usize, id: &str) -> Result<Instant, String> {
         let t0 = Instant::now();
         bare_transaction(&self.store, &format!("{id}-{stage}"))
@@ -128,6 +128,15 @@ impl Floorer {
         if let Ok(mut samples) = self.samples.lock() {
             f(&mut samples);
         }
+    }
+}
+
+/// A spawned task, aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -244,7 +253,10 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
     let app = Router::new()
         .route("/relay/{hop}", post(relay))
         .with_state(floor.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Stopped when the floor is measured, or when it fails early.
+    let _server = AbortOnDrop(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ));
 
     // The floor's own warm-up, as the saga has its own: its trivial orders are the emulators'
     // first on their topics, subscriptions and collection.
@@ -284,7 +296,6 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         .zip(&ticks_before)
         .map(|(after, before)| after.saturating_sub(*before))
         .collect();
-    server.abort();
     if orders.len() < args.count {
         return Err(other(format!(
             "only {} of {} trivial orders finished",

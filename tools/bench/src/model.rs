@@ -266,9 +266,10 @@ pub mod procfs {
     }
 
     /// Resets the process's peak RSS to its current RSS (`echo 5 > /proc/PID/clear_refs`,
-    /// proc(5)), so that [`rss_kib`]'s peak is from then on. False if it could not.
-    pub fn reset_peak_rss(pid: u32) -> bool {
-        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+    /// proc(5)), so that [`rss_kib`]'s peak is from then on; where Linux refuses, the peak
+    /// stays the process's lifetime one.
+    pub fn reset_peak_rss(pid: u32) {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     }
 
     /// (proportional set size, private memory) in KiB: what the process costs when its code
