@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The chain and the transactions run together, as in the saga, so they compete for the same
-//! CPU as they do in a real run; the saga's orders/s is then reported as a ratio to this.
+//! CPU as they do in a real run; the saga's orders/s is then reported as a ratio to this,
+//! measured in a pass before the saga's orders and one after them ([`Rig`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use futures::FutureExt;
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::model::Message;
 use saga_infra::config::Endpoint;
+use saga_infra::meter::Counts;
 use saga_infra::push::{Arrived, PushEnvelope};
 use saga_infra::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -199,19 +201,41 @@ async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes
     }
 }
 
-pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchError> {
-    let other = |e: String| BenchError::Other(format!("floor: {e}"));
+fn other(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Other(format!("floor: {e}"))
+}
+
+/// The floor, set up and warmed up, and what its measured passes took, pooled.
+///
+/// It is measured twice in a run, once before the saga's orders and once after them, and
+/// the saga is compared with both together: the emulators' push loops settle into phases that
+/// hold for a whole pass and differ from one pass to the next (two passes of the floor in
+/// one run have differed by up to 20 %), and the emulators keep warming up through a run, so
+/// a single pass on either side of the saga's makes the ratio a draw.
+pub struct Rig {
+    floor: Floorer,
+    /// Stopped with the rig, also when the floor fails early.
+    _server: AbortOnDrop<std::io::Result<()>>,
+    emulators: Vec<(String, Vec<u32>)>,
+    /// Every measured trivial order's time.
+    orders: Vec<Duration>,
+    elapsed: Duration,
+    emulator_ticks: Vec<u64>,
+    ops: Counts,
+    /// Each pass's trivial orders a second, in the order they ran.
+    passes: Vec<f64>,
+}
+
+/// Sets the floor up on `stack` and runs its warm-up (as many trivial orders as the saga's).
+pub async fn prepare(stack: &Stack, args: &BenchArgs) -> Result<Rig, BenchError> {
     let Endpoint::Emulator(pubsub_host) = &stack.config.pubsub else {
-        return Err(other("the floor is measured on the emulators".into()));
+        return Err(other("the floor is measured on the emulators"));
     };
     let project = &stack.config.project_id;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| other(e.to_string()))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| other(e.to_string()))?
-        .port();
+        .map_err(other)?;
+    let port = listener.local_addr().map_err(other)?.port();
     for stage in 0..STAGES {
         let topic = format!("floor-{stage}");
         if stage + 1 < STAGES {
@@ -223,11 +247,11 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
                 &format!("http://127.0.0.1:{port}/relay/{stage}"),
             )
             .await
-            .map_err(|e| other(e.to_string()))?;
+            .map_err(other)?;
         } else {
             saga_emulator::bootstrap::create_topic(project, pubsub_host, &topic)
                 .await
-                .map_err(|e| other(e.to_string()))?;
+                .map_err(other)?;
         }
     }
     let base = BasePublisher::builder()
@@ -235,7 +259,7 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
         .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
         .build()
         .await
-        .map_err(|e| other(e.to_string()))?;
+        .map_err(other)?;
     let publishers: Vec<Publisher> = (0..STAGES)
         .map(|stage| {
             base.publisher(topic_path(project, &format!("floor-{stage}")))
@@ -243,8 +267,10 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
                 .build()
         })
         .collect();
+    // Its documents in a project of their own: on the emulator a query scans its whole
+    // project, and the saga's sweeps query theirs while the saga is measured.
     let floor = Floorer {
-        store: Store::connect(project, &stack.config.firestore).await?,
+        store: Store::connect(&format!("{project}-floor"), &stack.config.firestore).await?,
         publishers: Arc::new(publishers),
         waiters: Arc::default(),
         samples: Arc::default(),
@@ -253,8 +279,7 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
     let app = Router::new()
         .route("/relay/{hop}", post(relay))
         .with_state(floor.clone());
-    // Stopped when the floor is measured, or when it fails early.
-    let _server = AbortOnDrop(tokio::spawn(
+    let server = AbortOnDrop(tokio::spawn(
         async move { axum::serve(listener, app).await },
     ));
 
@@ -266,82 +291,117 @@ pub async fn measure(stack: &Stack, args: &BenchArgs) -> Result<Floor, BenchErro
             .await
             .map_err(other)?;
         if warm.len() < args.warmup {
-            return Err(other("warm-up trivial orders did not finish".into()));
+            return Err(other("warm-up trivial orders did not finish"));
         }
         if let Ok(mut samples) = floor.samples.lock() {
             *samples = Samples::default();
         }
     }
-    let counted = floor.store.meter().counts();
     let emulators: Vec<(String, Vec<u32>)> = stack
         .emulators
         .iter()
         .map(|e| (e.kind.name().to_owned(), procfs::tree(e.pid())))
         .collect();
-    let emulator_ticks = || -> Vec<u64> {
-        emulators
-            .iter()
-            .map(|(_, tree)| tree.iter().map(|p| procfs::cpu_ticks(*p)).sum())
-            .collect()
-    };
-    let ticks_before = emulator_ticks();
-    let started = Instant::now();
-    let orders = floor
-        .drive(args.count, args.concurrency)
-        .await
-        .map_err(other)?;
-    let elapsed = started.elapsed();
-    let emulator_ticks: Vec<u64> = emulator_ticks()
-        .iter()
-        .zip(&ticks_before)
-        .map(|(after, before)| after.saturating_sub(*before))
-        .collect();
-    if orders.len() < args.count {
-        return Err(other(format!(
-            "only {} of {} trivial orders finished",
-            orders.len(),
-            args.count
-        )));
-    }
-    let samples = floor
-        .samples
-        .lock()
-        .map(|s| {
-            (
-                Latency::of(&s.hops),
-                Latency::of(&s.txns),
-                PushTimes::of(s.pushes.iter().map(|&(_, d, h)| (d, h))),
-                (1..STAGES)
-                    .map(|stage| {
-                        let of_stage = s.pushes.iter().filter(|p| p.0 == stage);
-                        (
-                            format!("stage {stage}"),
-                            PushTimes::of(of_stage.map(|&(_, d, h)| (d, h))),
-                        )
-                    })
-                    .collect(),
-            )
-        })
-        .map_err(|e| other(e.to_string()))?;
-    let ops = floor.store.meter().counts().since(&counted);
-    Ok(Floor {
-        orders_per_s: round(orders.len() as f64 / elapsed.as_secs_f64().max(1e-3)),
-        warmup: args.warmup,
-        end_to_end: Latency::of(&orders),
-        pubsub_hop: samples.0,
-        firestore_txn: samples.1,
-        pushes: samples.2,
-        pushes_by_stage: samples.3,
-        // The floor's stages run in the bench's own process, whose CPU is not theirs alone.
-        cost: crate::cost::cost(&ops, orders.len() as f64, 0.0),
-        emulator_cpu_ms: emulators
-            .iter()
-            .zip(emulator_ticks)
-            .map(|((name, _), ticks)| {
-                let ms =
-                    ticks as f64 / procfs::TICKS_PER_SECOND * 1000.0 / orders.len().max(1) as f64;
-                (name.clone(), round(ms))
-            })
-            .collect(),
+    Ok(Rig {
+        floor,
+        _server: server,
+        emulator_ticks: vec![0; emulators.len()],
+        emulators,
+        orders: Vec::new(),
+        elapsed: Duration::ZERO,
+        ops: Counts::default(),
+        passes: Vec::new(),
     })
+}
+
+impl Rig {
+    /// One measured pass: `args.count` trivial orders, `args.concurrency` at a time.
+    pub async fn measure(&mut self, args: &BenchArgs) -> Result<(), BenchError> {
+        let emulator_ticks = |emulators: &[(String, Vec<u32>)]| -> Vec<u64> {
+            emulators
+                .iter()
+                .map(|(_, tree)| tree.iter().map(|p| procfs::cpu_ticks(*p)).sum())
+                .collect()
+        };
+        let counted = self.floor.store.meter().counts();
+        let ticks_before = emulator_ticks(&self.emulators);
+        let started = Instant::now();
+        let orders = self
+            .floor
+            .drive(args.count, args.concurrency)
+            .await
+            .map_err(other)?;
+        let elapsed = started.elapsed();
+        for ((sum, after), before) in self
+            .emulator_ticks
+            .iter_mut()
+            .zip(emulator_ticks(&self.emulators))
+            .zip(ticks_before)
+        {
+            *sum += after.saturating_sub(before);
+        }
+        if orders.len() < args.count {
+            return Err(other(format!(
+                "only {} of {} trivial orders finished",
+                orders.len(),
+                args.count
+            )));
+        }
+        self.ops = self
+            .ops
+            .plus(&self.floor.store.meter().counts().since(&counted));
+        self.passes
+            .push(round(orders.len() as f64 / elapsed.as_secs_f64().max(1e-3)));
+        self.elapsed += elapsed;
+        self.orders.extend(orders);
+        Ok(())
+    }
+
+    /// The passes pooled: every trivial order over the passes' time together.
+    pub fn result(self, args: &BenchArgs) -> Result<Floor, BenchError> {
+        let samples = self
+            .floor
+            .samples
+            .lock()
+            .map(|s| {
+                (
+                    Latency::of(&s.hops),
+                    Latency::of(&s.txns),
+                    PushTimes::of(s.pushes.iter().map(|&(_, d, h)| (d, h))),
+                    (1..STAGES)
+                        .map(|stage| {
+                            let of_stage = s.pushes.iter().filter(|p| p.0 == stage);
+                            (
+                                format!("stage {stage}"),
+                                PushTimes::of(of_stage.map(|&(_, d, h)| (d, h))),
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .map_err(other)?;
+        let orders = self.orders.len();
+        Ok(Floor {
+            orders_per_s: round(orders as f64 / self.elapsed.as_secs_f64().max(1e-3)),
+            passes: self.passes,
+            warmup: args.warmup,
+            end_to_end: Latency::of(&self.orders),
+            pubsub_hop: samples.0,
+            firestore_txn: samples.1,
+            pushes: samples.2,
+            pushes_by_stage: samples.3,
+            // The floor's stages run in the bench's own process, whose CPU is not theirs alone.
+            cost: crate::cost::cost(&self.ops, orders as f64, 0.0),
+            emulator_cpu_ms: self
+                .emulators
+                .iter()
+                .zip(self.emulator_ticks)
+                .map(|((name, _), ticks)| {
+                    let ms =
+                        ticks as f64 / procfs::TICKS_PER_SECOND * 1000.0 / orders.max(1) as f64;
+                    (name.clone(), round(ms))
+                })
+                .collect(),
+        })
+    }
 }

@@ -140,6 +140,11 @@ pub struct Floor {
     /// Trivial orders per second: an order's shape (4 stages of a bare transaction and a
     /// publish, 3 push hops between them) with none of its logic, same count and concurrency.
     pub orders_per_s: f64,
+    /// Each measured pass's trivial orders a second, in the order they ran: one before the
+    /// saga's orders and one after them ([`crate::floor::Rig`]); `orders_per_s` pools them.
+    /// Empty in results recorded when the floor ran once, after the saga.
+    #[serde(default)]
+    pub passes: Vec<f64>,
     /// Trivial orders run first and not measured (0 in results recorded before the floor
     /// had a warm-up of its own).
     #[serde(default)]

@@ -182,6 +182,16 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         })
         .cloned()
         .collect();
+    // The floor's first pass, before the saga's warm-up and orders; its second comes after
+    // them (see `crate::floor::Rig`).
+    let mut floor = match args.floor {
+        true => {
+            let mut rig = crate::floor::prepare(stack, args).await?;
+            rig.measure(args).await?;
+            Some(rig)
+        }
+        false => None,
+    };
     if args.warmup > 0 {
         let warmup = BenchArgs {
             count: args.warmup,
@@ -306,8 +316,9 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     result.driver_cpu_s_per_1000_orders = per_1000(driver_cpu);
     result.five_rss_at_once_peak_mib = mib(five_at_once_kib);
     result.violations = report.violations;
-    if args.floor {
-        result.floor = Some(crate::floor::measure(stack, args).await?);
+    if let Some(mut rig) = floor.take() {
+        rig.measure(args).await?;
+        result.floor = Some(rig.result(args)?);
     }
     crate::report::write(args, &result)?;
     Ok(result)
