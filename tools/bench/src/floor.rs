@@ -11,7 +11,7 @@
 //!
 //! The chain and the transactions run together, as in the saga, so they compete for the same
 //! CPU as they do in a real run; the saga's orders/s is then reported as a ratio to this,
-//! measured in a pass before the saga's orders and one after them ([`Rig`]).
+//! both measured in two passes, taking turns ([`Rig`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -207,11 +207,12 @@ fn other(e: impl std::fmt::Display) -> BenchError {
 
 /// The floor, set up and warmed up, and what its measured passes took, pooled.
 ///
-/// It is measured twice in a run, once before the saga's orders and once after them, and
-/// the saga is compared with both together: the emulators' push loops settle into phases that
-/// hold for a whole pass and differ from one pass to the next (two passes of the floor in
-/// one run have differed by up to 20 %), and the emulators keep warming up through a run, so
-/// a single pass on either side of the saga's makes the ratio a draw.
+/// It is measured in two passes of half the count, each before one of the saga's two
+/// (floor, saga, floor, saga), and each side is pooled over its two: the emulators' push
+/// loops settle into phases that hold for a whole pass and differ from one pass to the next
+/// (two passes of the floor in one run have differed by up to 20 %, and a saga pass has
+/// locked into step with the loops' sleeps at 69 % of the floor), and the emulators keep
+/// warming up through a run, so one pass on each side made the ratio a draw.
 pub struct Rig {
     floor: Floorer,
     /// Stopped with the rig, also when the floor fails early.
@@ -315,8 +316,8 @@ pub async fn prepare(stack: &Stack, args: &BenchArgs) -> Result<Rig, BenchError>
 }
 
 impl Rig {
-    /// One measured pass: `args.count` trivial orders, `args.concurrency` at a time.
-    pub async fn measure(&mut self, args: &BenchArgs) -> Result<(), BenchError> {
+    /// One measured pass: `count` trivial orders, `concurrency` at a time.
+    pub async fn measure(&mut self, count: usize, concurrency: usize) -> Result<(), BenchError> {
         let emulator_ticks = |emulators: &[(String, Vec<u32>)]| -> Vec<u64> {
             emulators
                 .iter()
@@ -326,11 +327,7 @@ impl Rig {
         let counted = self.floor.store.meter().counts();
         let ticks_before = emulator_ticks(&self.emulators);
         let started = Instant::now();
-        let orders = self
-            .floor
-            .drive(args.count, args.concurrency)
-            .await
-            .map_err(other)?;
+        let orders = self.floor.drive(count, concurrency).await.map_err(other)?;
         let elapsed = started.elapsed();
         for ((sum, after), before) in self
             .emulator_ticks
@@ -340,11 +337,10 @@ impl Rig {
         {
             *sum += after.saturating_sub(before);
         }
-        if orders.len() < args.count {
+        if orders.len() < count {
             return Err(other(format!(
-                "only {} of {} trivial orders finished",
-                orders.len(),
-                args.count
+                "only {} of {count} trivial orders finished",
+                orders.len()
             )));
         }
         self.ops = self

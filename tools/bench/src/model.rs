@@ -140,9 +140,9 @@ pub struct Floor {
     /// Trivial orders per second: an order's shape (4 stages of a bare transaction and a
     /// publish, 3 push hops between them) with none of its logic, same count and concurrency.
     pub orders_per_s: f64,
-    /// Each measured pass's trivial orders a second, in the order they ran: one before the
-    /// saga's orders and one after them ([`crate::floor::Rig`]); `orders_per_s` pools them.
-    /// Empty in results recorded when the floor ran once, after the saga.
+    /// Each measured pass's trivial orders a second, in the order they ran, each before one
+    /// of the saga's two passes ([`crate::floor::Rig`]); `orders_per_s` pools them. Empty in
+    /// results recorded when the floor ran once, after the saga.
     #[serde(default)]
     pub passes: Vec<f64>,
     /// Trivial orders run first and not measured (0 in results recorded before the floor
@@ -181,6 +181,11 @@ pub struct BenchResult {
     pub command: String,
     pub seconds: f64,
     pub orders_per_s: f64,
+    /// With the floor, each of the two passes' orders a second (the orders are measured in
+    /// two passes, each after one of the floor's); `orders_per_s` pools them. Empty without
+    /// the floor, and in results recorded before.
+    #[serde(default)]
+    pub passes: Vec<f64>,
     pub end_to_end: Latency,
     pub post: Latency,
     /// Time between one step emitting an event and the next step consuming it.

@@ -90,12 +90,12 @@ pub fn histogram(r: &BenchResult) -> String {
 }
 
 /// The result as a table.
-/// The floor's passes as the report says them: " (63.2 before the saga's orders, 60.8
-/// after them)"; nothing for a floor measured in one pass.
-fn passes(passes: &[f64]) -> String {
+/// Two passes' orders a second as the report says them ("passes 63.2 and 60.8"); nothing
+/// for a run measured in one pass.
+fn passes(passes: &[f64]) -> Option<String> {
     match passes {
-        [before, after] => format!(" ({before} before the saga's orders, {after} after them)"),
-        _ => String::new(),
+        [first, second] => Some(format!("passes {first} and {second}")),
+        _ => None,
     }
 }
 
@@ -109,8 +109,11 @@ pub fn table(r: &BenchResult) -> String {
     };
     t.push_str(&format!("{}  ({})\n", name(r), r.machine));
     t.push_str(&format!(
-        "  orders/s           {} ({} orders in {:.1} s)\n",
-        r.orders_per_s, r.count, r.seconds
+        "  orders/s           {} ({} orders in {:.1} s{})\n",
+        r.orders_per_s,
+        r.count,
+        r.seconds,
+        passes(&r.passes).map_or(String::new(), |p| format!("; {p}"))
     ));
     if r.warmup > 0 {
         let floor = match &r.floor {
@@ -194,7 +197,7 @@ pub fn table(r: &BenchResult) -> String {
         t.push_str(&format!(
             "  floor              {} trivial orders/s{} => this run at {:.0}% of the floor\n                     trivial order {}\n                     push hop {}\n                     bare txn {}\n",
             f.orders_per_s,
-            passes(&f.passes),
+            passes(&f.passes).map_or(String::new(), |p| format!(" ({p})")),
             if f.orders_per_s > 0.0 { r.orders_per_s / f.orders_per_s * 100.0 } else { 0.0 },
             l(&f.end_to_end),
             l(&f.pubsub_hop),
@@ -232,20 +235,23 @@ pub fn report(dir: &Path) -> Result<String, BenchError> {
                 c.per_million_usd.total.to_string(),
             )
         });
+        let with_passes = |rate: f64, passes: &[f64]| match passes {
+            [first, second] => format!("{rate} ({first}, {second})"),
+            _ => rate.to_string(),
+        };
         md.push_str(&format!(
             "| `{}` | {} | {} ms | {} ms | {} ms | {} / {} | {} | {} | {ops} | {usd} |\n",
             name(r),
-            r.orders_per_s,
+            with_passes(r.orders_per_s, &r.passes),
             r.end_to_end.p50,
             r.end_to_end.p99,
             r.post.p50,
             r.completed,
             r.compensated,
             if r.invariants_held { "held" } else { "BROKEN" },
-            r.floor.as_ref().map_or("-".into(), |f| match f.passes[..] {
-                [before, after] => format!("{} ({before}, {after})", f.orders_per_s),
-                _ => f.orders_per_s.to_string(),
-            })
+            r.floor
+                .as_ref()
+                .map_or("-".into(), |f| with_passes(f.orders_per_s, &f.passes))
         ));
     }
     for r in &results {
@@ -266,11 +272,11 @@ mod tests {
     use super::passes;
 
     #[test]
-    fn a_floor_measured_in_two_passes_gives_both_and_one_in_one_pass_none() {
+    fn a_run_measured_in_two_passes_gives_both_and_one_in_one_pass_none() {
         assert_eq!(
-            passes(&[63.2, 60.8]),
-            " (63.2 before the saga's orders, 60.8 after them)"
+            passes(&[63.2, 60.8]).as_deref(),
+            Some("passes 63.2 and 60.8")
         );
-        assert_eq!(passes(&[]), "");
+        assert_eq!(passes(&[]), None);
     }
 }

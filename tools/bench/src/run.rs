@@ -182,14 +182,9 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         })
         .cloned()
         .collect();
-    // The floor's first pass, before the saga's warm-up and orders; its second comes after
-    // them (see `crate::floor::Rig`).
+    // The floor set up and warmed up first; it is measured in passes between the saga's.
     let mut floor = match args.floor {
-        true => {
-            let mut rig = crate::floor::prepare(stack, args).await?;
-            rig.measure(args).await?;
-            Some(rig)
-        }
+        true => Some(crate::floor::prepare(stack, args).await?),
         false => None,
     };
     if args.warmup > 0 {
@@ -199,7 +194,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             concurrency: args.concurrency.max(WARMUP_CONCURRENCY),
             ..args.clone()
         };
-        let warm = drive(&warmup, &base, &store, &ends).await?;
+        let warm = drive(&warmup, 0..args.warmup, &base, &store, &ends).await?;
         if warm.statuses.iter().any(|s| !s.is_terminal()) {
             return Err(BenchError::Other("warm-up orders did not finish".into()));
         }
@@ -212,26 +207,47 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         }
     }
     let at_once = RssSumSampler::start(pids.values().copied().collect());
-
-    let cpu = |ps: &[u32]| ps.iter().map(|p| procfs::cpu_ticks(*p)).sum::<u64>();
-    let fn_cpu_before: BTreeMap<Function, u64> =
-        pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
-    let emu_cpu_before: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
-    let me = std::process::id();
-    let driver_cpu_before = cpu(&[me]);
     let logs = crate::bounds::LogMarks::now(&stack.logs);
     let meters_before = meters(stack).await?;
 
-    let drive = drive(args, &base, &store, &ends).await?;
+    // With the floor, the orders are measured in two passes, each after a pass of the
+    // floor's (floor, saga, floor, saga), so that neither side is one draw of the push
+    // loops' phases ([`crate::floor::Rig`]); the CPU is counted over the saga's passes only.
+    let cpu = |ps: &[u32]| ps.iter().map(|p| procfs::cpu_ticks(*p)).sum::<u64>();
+    let me = std::process::id();
+    let mut fn_ticks: BTreeMap<Function, u64> = pids.keys().map(|f| (*f, 0)).collect();
+    let mut emu_ticks: Vec<u64> = vec![0; emulator_trees.len()];
+    let mut driver_ticks = 0;
+    let mut drives: Vec<Drive> = Vec::new();
+    for orders in passes(args.count, if floor.is_some() { 2 } else { 1 }) {
+        if let Some(rig) = &mut floor {
+            rig.measure(orders.len(), args.concurrency).await?;
+        }
+        let fn_before: BTreeMap<Function, u64> =
+            pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
+        let emu_before: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
+        let driver_before = cpu(&[me]);
+        drives.push(drive(args, orders, &base, &store, &ends).await?);
+        driver_ticks += cpu(&[me]).saturating_sub(driver_before);
+        for (f, p) in &pids {
+            if let Some(ticks) = fn_ticks.get_mut(f) {
+                *ticks += cpu(&[*p]).saturating_sub(fn_before[f]);
+            }
+        }
+        for ((ticks, (_, tree)), before) in
+            emu_ticks.iter_mut().zip(&emulator_trees).zip(emu_before)
+        {
+            *ticks += cpu(tree).saturating_sub(before);
+        }
+    }
     let meters_after = meters(stack).await?;
-    // Resources first, before reading the timeline adds its own load.
-    let fn_cpu_after: BTreeMap<Function, u64> =
-        pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
-    let emu_cpu_after: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
-    let driver_cpu = cpu(&[me]).saturating_sub(driver_cpu_before);
+    let driver_cpu = driver_ticks;
     let five_at_once_kib = at_once.stop();
     let logged = logs.since();
-    let timings = timings(&store, &drive.ids).await?;
+    let pass_ids: Vec<&[(String, jiff::Timestamp)]> =
+        drives.iter().map(|d| d.ids.as_slice()).collect();
+    let timings = timings(&store, &pass_ids).await?;
+    let drive = Drive::joined(drives);
 
     let mut result = BenchResult {
         workload: Some(args.workload),
@@ -242,6 +258,11 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         command: std::env::args().collect::<Vec<_>>().join(" "),
         seconds: round(timings.elapsed.as_secs_f64()),
         orders_per_s: round(args.count as f64 / timings.elapsed.as_secs_f64().max(1e-3)),
+        passes: if timings.passes.len() > 1 {
+            timings.passes.clone()
+        } else {
+            Vec::new()
+        },
         end_to_end: Latency::of(&timings.e2e),
         post: Latency::of(&drive.post),
         completed: drive
@@ -280,13 +301,11 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
                 peak_rss_mib: mib(peak),
                 pss_mib: mib(pss),
                 private_mib: mib(private),
-                cpu_s_per_1000_orders: per_1000(fn_cpu_after[f] - fn_cpu_before[f]),
+                cpu_s_per_1000_orders: per_1000(fn_ticks[f]),
             },
         );
     }
-    for (((name, tree), before), after) in
-        emulator_trees.iter().zip(emu_cpu_before).zip(emu_cpu_after)
-    {
+    for ((name, tree), ticks) in emulator_trees.iter().zip(&emu_ticks) {
         let peak: u64 = tree.iter().map(|p| procfs::rss_kib(*p).1).sum();
         result.emulators.insert(
             name.clone(),
@@ -296,17 +315,13 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
                 peak_rss_mib: mib(peak),
                 pss_mib: 0.0,
                 private_mib: 0.0,
-                cpu_s_per_1000_orders: per_1000(after.saturating_sub(before)),
+                cpu_s_per_1000_orders: per_1000(*ticks),
             },
         );
     }
-    let fn_cpu_ms: f64 = pids
-        .keys()
-        .map(|f| (fn_cpu_after[f] - fn_cpu_before[f]) as f64)
-        .sum::<f64>()
-        / procfs::TICKS_PER_SECOND
-        * 1000.0
-        / args.count as f64;
+    let fn_cpu_ms: f64 =
+        fn_ticks.values().map(|t| *t as f64).sum::<f64>() / procfs::TICKS_PER_SECOND * 1000.0
+            / args.count as f64;
     let orders = meters_after.orders.since(&meters_before.orders);
     result.cost = crate::cost::cost(&orders, args.count as f64, fn_cpu_ms);
     result.sweeps_per_minute = Some(sweep_round(stack).await?);
@@ -316,8 +331,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     result.driver_cpu_s_per_1000_orders = per_1000(driver_cpu);
     result.five_rss_at_once_peak_mib = mib(five_at_once_kib);
     result.violations = report.violations;
-    if let Some(mut rig) = floor.take() {
-        rig.measure(args).await?;
+    if let Some(rig) = floor.take() {
         result.floor = Some(rig.result(args)?);
     }
     crate::report::write(args, &result)?;
@@ -375,6 +389,31 @@ struct Drive {
     ids: Vec<(String, jiff::Timestamp)>,
 }
 
+impl Drive {
+    /// The passes' orders as one list, in the order they were placed.
+    fn joined(passes: Vec<Drive>) -> Drive {
+        let mut all = Drive {
+            post: Vec::new(),
+            statuses: Vec::new(),
+            ids: Vec::new(),
+        };
+        for pass in passes {
+            all.post.extend(pass.post);
+            all.statuses.extend(pass.statuses);
+            all.ids.extend(pass.ids);
+        }
+        all
+    }
+}
+
+/// The measured orders' indices split into `count` passes, as even as they go.
+fn passes(orders: usize, count: usize) -> Vec<std::ops::Range<usize>> {
+    let count = count.max(1);
+    (0..count)
+        .map(|p| orders * p / count..orders * (p + 1) / count)
+        .collect()
+}
+
 /// The order body of the i-th order of a workload.
 fn order(workload: Workload, i: usize) -> serde_json::Value {
     let spread = format!("bench-{:03}", (i * 7919) % ITEMS);
@@ -394,6 +433,7 @@ fn order(workload: Workload, i: usize) -> serde_json::Value {
 /// one ended ([`crate::ends`]); each order's own times come from its records afterwards.
 async fn drive(
     args: &BenchArgs,
+    orders: std::ops::Range<usize>,
     base: &str,
     store: &Store,
     ends: &[PathBuf],
@@ -403,7 +443,7 @@ async fn drive(
         .build()
         .map_err(|e| BenchError::Other(e.to_string()))?;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let bar = ProgressBar::new(args.count as u64);
+        let bar = ProgressBar::new(orders.len() as u64);
         if let Ok(style) =
             ProgressStyle::with_template("orders [{bar:30}] {pos}/{len} {per_sec} ({eta})")
         {
@@ -421,7 +461,7 @@ async fn drive(
         LogTail::from_end(ends),
     ));
     let mut tasks = Vec::new();
-    for i in 0..args.count {
+    for i in orders {
         let permit = permits
             .clone()
             .acquire_owned()
@@ -476,54 +516,68 @@ async fn drive(
 }
 
 /// From the timeline: each order's end-to-end time (its POST until the commit that made it
-/// COMPLETED or COMPENSATED), the whole run's duration (first POST to last such commit), and
-/// per hop, from one step's `emitted` entry to the next step's `consumed` entry.
+/// COMPLETED or COMPENSATED), each pass's duration (its first POST to its last such commit)
+/// and their sum, and per hop, from one step's `emitted` entry to the next step's `consumed`
+/// entry.
 struct Timings {
     e2e: Vec<Duration>,
     elapsed: Duration,
+    /// Each pass's orders a second.
+    passes: Vec<f64>,
     hops: BTreeMap<String, Latency>,
 }
 
-async fn timings(store: &Store, ids: &[(String, jiff::Timestamp)]) -> Result<Timings, BenchError> {
+async fn timings(
+    store: &Store,
+    passes: &[&[(String, jiff::Timestamp)]],
+) -> Result<Timings, BenchError> {
     let mut hops: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut e2e = Vec::new();
-    let first = ids
-        .iter()
-        .map(|(_, t)| *t)
-        .min()
-        .unwrap_or_else(jiff::Timestamp::now);
-    let mut last = first;
-    for (id, posted) in ids {
-        let Some(order) = store.order(id).await? else {
-            continue;
-        };
-        let history = timeline::history(&order);
-        if let Some(done) = history
+    let mut elapsed = Duration::ZERO;
+    let mut rates = Vec::new();
+    for ids in passes {
+        let first = ids
             .iter()
-            .filter(|e| e.kind == EntryKind::Consumed)
-            .map(|e| e.at)
-            .max()
-        {
-            e2e.push(Duration::try_from(done.duration_since(*posted)).unwrap_or_default());
-            last = last.max(done);
-        }
-        for emitted in history.iter().filter(|e| e.kind == EntryKind::Emitted) {
-            if let Some(consumed) = history.iter().find(|c| {
-                c.kind == EntryKind::Consumed
-                    && c.event_id == emitted.event_id
-                    && c.step != emitted.step
-            }) {
-                let d = consumed.at.duration_since(emitted.at);
-                let d = Duration::try_from(d).unwrap_or_default();
-                hops.entry(format!("{} → {}", emitted.step, consumed.step))
-                    .or_default()
-                    .push(d);
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap_or_else(jiff::Timestamp::now);
+        let mut last = first;
+        for (id, posted) in ids.iter() {
+            let Some(order) = store.order(id).await? else {
+                continue;
+            };
+            let history = timeline::history(&order);
+            if let Some(done) = history
+                .iter()
+                .filter(|e| e.kind == EntryKind::Consumed)
+                .map(|e| e.at)
+                .max()
+            {
+                e2e.push(Duration::try_from(done.duration_since(*posted)).unwrap_or_default());
+                last = last.max(done);
+            }
+            for emitted in history.iter().filter(|e| e.kind == EntryKind::Emitted) {
+                if let Some(consumed) = history.iter().find(|c| {
+                    c.kind == EntryKind::Consumed
+                        && c.event_id == emitted.event_id
+                        && c.step != emitted.step
+                }) {
+                    let d = consumed.at.duration_since(emitted.at);
+                    let d = Duration::try_from(d).unwrap_or_default();
+                    hops.entry(format!("{} → {}", emitted.step, consumed.step))
+                        .or_default()
+                        .push(d);
+                }
             }
         }
+        let took = Duration::try_from(last.duration_since(first)).unwrap_or_default();
+        rates.push(round(ids.len() as f64 / took.as_secs_f64().max(1e-3)));
+        elapsed += took;
     }
     Ok(Timings {
         e2e,
-        elapsed: Duration::try_from(last.duration_since(first)).unwrap_or_default(),
+        elapsed,
+        passes: rates,
         hops: hops
             .into_iter()
             .map(|(k, v)| (k, Latency::of(&v)))
@@ -557,6 +611,14 @@ fn machine() -> String {
 mod tests {
     use super::*;
     use crate::report::histogram;
+
+    #[test]
+    fn the_measured_orders_split_into_passes_that_cover_each_once() {
+        assert_eq!(passes(1000, 2), vec![0..500, 500..1000]);
+        assert_eq!(passes(101, 2), vec![0..50, 50..101]);
+        assert_eq!(passes(20, 1), vec![0..20]);
+        assert_eq!(passes(20, 0), vec![0..20]);
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
