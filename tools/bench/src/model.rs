@@ -32,7 +32,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
     /// Also measure the floor: a trivial saga of the order's shape (bare transactions and
-    /// publishes, push hops between them) on the same emulators.
+    /// publishes, push hops between them) on the same emulators. The two are then measured
+    /// in turns, two passes of half the orders each (floor, saga, floor, saga).
     #[arg(long)]
     pub floor: bool,
     /// Run each function from its own binary in DIR, as deployed, instead of `saga serve`
