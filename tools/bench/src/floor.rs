@@ -227,8 +227,13 @@ pub struct Rig {
     passes: Vec<f64>,
 }
 
-/// Sets the floor up on `stack` and runs its warm-up (as many trivial orders as the saga's).
-pub async fn prepare(stack: &Stack, args: &BenchArgs) -> Result<Rig, BenchError> {
+/// Sets the floor up on `stack` and runs its warm-up (as many trivial orders as the saga's);
+/// `emulators` are the emulators' process trees, by name, whose CPU its passes count.
+pub async fn prepare(
+    stack: &Stack,
+    args: &BenchArgs,
+    emulators: Vec<(String, Vec<u32>)>,
+) -> Result<Rig, BenchError> {
     let Endpoint::Emulator(pubsub_host) = &stack.config.pubsub else {
         return Err(other("the floor is measured on the emulators"));
     };
@@ -298,11 +303,6 @@ pub async fn prepare(stack: &Stack, args: &BenchArgs) -> Result<Rig, BenchError>
             *samples = Samples::default();
         }
     }
-    let emulators: Vec<(String, Vec<u32>)> = stack
-        .emulators
-        .iter()
-        .map(|e| (e.kind.name().to_owned(), procfs::tree(e.pid())))
-        .collect();
     Ok(Rig {
         floor,
         _server: server,
@@ -321,7 +321,7 @@ impl Rig {
         let emulator_ticks = |emulators: &[(String, Vec<u32>)]| -> Vec<u64> {
             emulators
                 .iter()
-                .map(|(_, tree)| tree.iter().map(|p| procfs::cpu_ticks(*p)).sum())
+                .map(|(_, tree)| procfs::cpu_ticks_of(tree))
                 .collect()
         };
         let counted = self.floor.store.meter().counts();

@@ -316,6 +316,11 @@ pub mod procfs {
         get(11) + get(12)
     }
 
+    /// The CPU of `pids` together (a process tree, or one process), in clock ticks.
+    pub fn cpu_ticks_of(pids: &[u32]) -> u64 {
+        pids.iter().map(|p| cpu_ticks(*p)).sum()
+    }
+
     pub const TICKS_PER_SECOND: f64 = 100.0;
 
     /// `pid` and every process below it.

@@ -184,7 +184,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         .collect();
     // The floor set up and warmed up first; it is measured in passes between the saga's.
     let mut floor = match args.floor {
-        true => Some(crate::floor::prepare(stack, args).await?),
+        true => Some(crate::floor::prepare(stack, args, emulator_trees.clone()).await?),
         false => None,
     };
     if args.warmup > 0 {
@@ -213,7 +213,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     // With the floor, the orders are measured in two passes, each after a pass of the
     // floor's (floor, saga, floor, saga), so that neither side is one draw of the push
     // loops' phases ([`crate::floor::Rig`]); the CPU is counted over the saga's passes only.
-    let cpu = |ps: &[u32]| ps.iter().map(|p| procfs::cpu_ticks(*p)).sum::<u64>();
+    let cpu = procfs::cpu_ticks_of;
     let me = std::process::id();
     let mut fn_ticks: BTreeMap<Function, u64> = pids.keys().map(|f| (*f, 0)).collect();
     let mut emu_ticks: Vec<u64> = vec![0; emulator_trees.len()];
@@ -241,7 +241,6 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         }
     }
     let meters_after = meters(stack).await?;
-    let driver_cpu = driver_ticks;
     let five_at_once_kib = at_once.stop();
     let logged = logs.since();
     let pass_ids: Vec<&[(String, jiff::Timestamp)]> =
@@ -258,10 +257,9 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         command: std::env::args().collect::<Vec<_>>().join(" "),
         seconds: round(timings.elapsed.as_secs_f64()),
         orders_per_s: round(args.count as f64 / timings.elapsed.as_secs_f64().max(1e-3)),
-        passes: if timings.passes.len() > 1 {
-            timings.passes.clone()
-        } else {
-            Vec::new()
+        passes: match timings.passes.len() {
+            1 => Vec::new(),
+            _ => timings.passes,
         },
         end_to_end: Latency::of(&timings.e2e),
         post: Latency::of(&drive.post),
@@ -328,7 +326,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let report = check_settled(&store, &baseline, saga_ops::check::SETTLE).await?;
     result.invariants_held = report.holds() && result.unfinished == 0;
     result.checked_orders = report.orders.values().sum();
-    result.driver_cpu_s_per_1000_orders = per_1000(driver_cpu);
+    result.driver_cpu_s_per_1000_orders = per_1000(driver_ticks);
     result.five_rss_at_once_peak_mib = mib(five_at_once_kib);
     result.violations = report.violations;
     if let Some(rig) = floor.take() {
