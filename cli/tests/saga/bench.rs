@@ -182,12 +182,13 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         floor["pushes"]["delivery"]["count"].as_u64().unwrap() >= 60,
         "{floor}"
     );
-    // And what the CPU allows beside the floor: the budget an order, and each emulator's
-    // cost an operation against the floor's.
+    // And what the CPU allows beside the floor: the budget an order, each emulator's cost
+    // an operation against the floor's, and the ratio with the waits for Pub/Sub set equal.
     for line in [
         "time an order",
         "floor time",
         "against the floor",
+        "at equal waits",
         "CPU at the floor",
         "per operation",
     ] {

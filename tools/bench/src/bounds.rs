@@ -384,8 +384,48 @@ pub fn time_lines(r: &BenchResult) -> String {
             signed(saga.handling - floor.handling),
             signed(saga.rest() - floor.rest()),
         ));
+        t.push_str(
+            &at_equal_waits(
+                r.concurrency,
+                (r.orders_per_s, saga.waiting),
+                (f.orders_per_s, floor.waiting),
+            )
+            .unwrap_or_default(),
+        );
     }
     t
+}
+
+/// The ratio to the floor with the waits for Pub/Sub set equal: what the saga's own part of
+/// an order sets, apart from the push waits.
+///
+/// A slot's round is what each of the `c` slots spends on an order, from placing it to
+/// placing the next (`c` / orders a second, so a run's orders/s is `c` over it). Without its
+/// waits for Pub/Sub, the rest of a round is the saga's own: its steps, its POST, its last
+/// publish and the driver hearing of its end. The waits are the emulator's: each push
+/// subscription's two loops sleep 100 ms whenever they find nothing (its `PushLoop`), the
+/// orders in flight fall into step with those sleeps for a pass at a time, and one pass of
+/// the same code can wait tens of ms an order more than the next, the floor's as the
+/// saga's. Given each side's orders a second and mean waits an order, in ms.
+fn at_equal_waits(
+    c: usize,
+    (saga_rate, saga_waits): (f64, f64),
+    (floor_rate, floor_waits): (f64, f64),
+) -> Option<String> {
+    let round_ms = |rate: f64| (rate > 0.0).then(|| c as f64 * 1000.0 / rate);
+    let (saga_round, floor_round) = (round_ms(saga_rate)?, round_ms(floor_rate)?);
+    let saga_own = saga_round - saga_waits;
+    let percent = floor_round / (floor_waits + saga_own) * 100.0;
+    Some(format!(
+        "  at equal waits     a slot's round an order (c / orders/s) {} ms: waiting for Pub/Sub {}, the saga's own {}; the floor's {} ms: {} + {} => with the floor's waits this run would be at {percent:.0}% of the floor ({:.0}% with its own)\n",
+        round(saga_round),
+        round(saga_waits),
+        round(saga_own),
+        round(floor_round),
+        round(floor_waits),
+        round(floor_round - floor_waits),
+        saga_rate / floor_rate * 100.0,
+    ))
 }
 
 #[cfg(test)]
@@ -562,6 +602,32 @@ mod tests {
             ),
             "{lines}"
         );
+        // At 50 orders/s with 10 in flight, a slot's round is 200 ms, 100 of them the
+        // saga's own; the floor's at 60, 166.7 of which 90 waiting: with the floor's waits,
+        // 166.7 against 190.
+        r.floor.as_mut().expect("the floor").orders_per_s = 60.0;
+        let lines = time_lines(&r);
+        assert!(
+            lines.contains("round an order (c / orders/s) 200 ms: waiting for Pub/Sub 100, the saga's own 100; the floor's 166.7 ms: 90 + 76.7 => with the floor's waits this run would be at 88% of the floor (83% with its own)"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn with_equal_waits_a_run_short_of_its_floor_says_how_much_is_its_own() {
+        // Given a c=10 run at 60.3 orders/s whose orders waited 142.4 ms for Pub/Sub, and a
+        // floor at 79.4 whose trivial orders waited 106.5 (a pass of it within one sleep of
+        // the push loops),
+        let line = at_equal_waits(10, (60.3, 142.4), (79.4, 106.5)).expect("a line");
+        // then the saga's own part of a round is 23.4 ms against the floor's 19.4, and with
+        // the floor's waits it would run at 97% of the floor, not 76%.
+        assert!(line.contains("165.8 ms: waiting for Pub/Sub 142.4, the saga's own 23.4; the floor's 125.9 ms: 106.5 + 19.4"), "{line}");
+        assert!(
+            line.contains("at 97% of the floor (76% with its own)"),
+            "{line}"
+        );
+        // Without a rate on either side there is no round to split.
+        assert_eq!(at_equal_waits(10, (0.0, 1.0), (79.4, 106.5)), None);
     }
 
     #[test]
