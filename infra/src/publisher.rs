@@ -1,7 +1,6 @@
-//! Publishing events: one gRPC connection pool per process, one publisher per topic the
-//! function is allowed to publish to, each publish sent at once, and a bound on how long a
-//! publish may take so a broker outage turns into a 5xx (and a redelivery) instead of a hung
-//! request.
+//! Publishing events: one gRPC connection pool per process, one batching publisher per topic
+//! the function is allowed to publish to, and a bound on how long a publish may take so a
+//! broker outage turns into a 5xx (and a redelivery) instead of a hung request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,19 +16,8 @@ use crate::spans::{self, Kind, Value};
 use crate::topology::topic_path;
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Messages a publish request carries: one, so each publish is sent the moment it is made,
-/// with no batching delay (the client's default waits up to 10 ms for a batch to fill).
-///
-/// A push step publishes one event per push and answers only after its publish succeeded,
-/// so a batching delay is added to every hop and to every push's hold on its subscription:
-/// the Pub/Sub emulator pushes each subscription from two loops, each held until the step
-/// answers (its `PushLoop`), so a step that answers sooner lets the subscription carry more.
-/// Measured on the emulator with a 2 ms delay, a step's publish took about 4 ms of its
-/// 6.4 ms push. What batching could save in the cloud is Pub/Sub's 1,000-byte minimum a
-/// request on events of about 450 bytes: at most about $0.08 a million orders at list
-/// prices (docs/prices.json), and the bench prices every publish at that minimum either way.
-pub const MESSAGES_PER_REQUEST: u32 = 1;
+/// Batching adds at most this much latency per hop.
+pub const BATCH_DELAY: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -79,7 +67,7 @@ impl EventPublisher {
             .map(|topic| {
                 let publisher = base
                     .publisher(topic_path(project_id, topic))
-                    .set_message_count_threshold(MESSAGES_PER_REQUEST)
+                    .set_delay_threshold(BATCH_DELAY)
                     .build();
                 (topic.to_string(), publisher)
             })

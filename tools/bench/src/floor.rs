@@ -269,7 +269,7 @@ pub async fn prepare(
     let publishers: Vec<Publisher> = (0..STAGES)
         .map(|stage| {
             base.publisher(topic_path(project, &format!("floor-{stage}")))
-                .set_message_count_threshold(saga_infra::publisher::MESSAGES_PER_REQUEST)
+                .set_delay_threshold(saga_infra::publisher::BATCH_DELAY)
                 .build()
         })
         .collect();
