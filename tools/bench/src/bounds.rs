@@ -402,11 +402,14 @@ pub fn time_lines(r: &BenchResult) -> String {
 /// A slot's round is what each of the `c` slots spends on an order, from placing it to
 /// placing the next (`c` / orders a second, so a run's orders/s is `c` over it). Without its
 /// waits for Pub/Sub, the rest of a round is the saga's own: its steps, its POST, its last
-/// publish and the driver hearing of its end. The waits are the emulator's: each push
-/// subscription's two loops sleep 100 ms whenever they find nothing (its `PushLoop`), the
-/// orders in flight fall into step with those sleeps for a pass at a time, and one pass of
-/// the same code can wait tens of ms an order more than the next, the floor's as the
-/// saga's. Given each side's orders a second and mean waits an order, in ms.
+/// publish and the driver hearing of its end. The waits are mostly the emulator's: each
+/// push subscription's two loops sleep 100 ms whenever they find nothing (its `PushLoop`),
+/// the orders in flight fall into step with those sleeps for a pass at a time, and one pass
+/// of the same code can wait tens of ms an order more than the next, the floor's as the
+/// saga's. Not only: queueing behind the two loops also grows with how long each push holds
+/// one, and the saga's steps hold theirs a little longer than the floor's stages. So the
+/// figure bounds the ratio from above, it does not predict it. Given each side's orders a
+/// second and mean waits an order, in ms.
 fn at_equal_waits(
     c: usize,
     (saga_rate, saga_waits): (f64, f64),
