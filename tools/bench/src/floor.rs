@@ -217,11 +217,12 @@ pub struct Rig {
     floor: Floorer,
     /// Stopped with the rig, also when the floor fails early.
     _server: AbortOnDrop<std::io::Result<()>>,
-    emulators: Vec<(String, Vec<u32>)>,
+    /// The emulators' names, and their CPU over the measured passes, in the same order.
+    emulators: Vec<String>,
+    emulator_cpu: procfs::Ticks,
     /// Every measured trivial order's time.
     orders: Vec<Duration>,
     elapsed: Duration,
-    emulator_ticks: Vec<u64>,
     ops: Counts,
     /// Each pass's trivial orders a second, in the order they ran.
     passes: Vec<f64>,
@@ -306,8 +307,8 @@ pub async fn prepare(
     Ok(Rig {
         floor,
         _server: server,
-        emulator_ticks: vec![0; emulators.len()],
-        emulators,
+        emulator_cpu: procfs::Ticks::of(emulators.iter().map(|(_, t)| t.clone()).collect()),
+        emulators: emulators.into_iter().map(|(name, _)| name).collect(),
         orders: Vec::new(),
         elapsed: Duration::ZERO,
         ops: Counts::default(),
@@ -318,25 +319,12 @@ pub async fn prepare(
 impl Rig {
     /// One measured pass: `count` trivial orders, `concurrency` at a time.
     pub async fn measure(&mut self, count: usize, concurrency: usize) -> Result<(), BenchError> {
-        let emulator_ticks = |emulators: &[(String, Vec<u32>)]| -> Vec<u64> {
-            emulators
-                .iter()
-                .map(|(_, tree)| procfs::cpu_ticks_of(tree))
-                .collect()
-        };
         let counted = self.floor.store.meter().counts();
-        let ticks_before = emulator_ticks(&self.emulators);
+        self.emulator_cpu.start();
         let started = Instant::now();
         let orders = self.floor.drive(count, concurrency).await.map_err(other)?;
         let elapsed = started.elapsed();
-        for ((sum, after), before) in self
-            .emulator_ticks
-            .iter_mut()
-            .zip(emulator_ticks(&self.emulators))
-            .zip(ticks_before)
-        {
-            *sum += after.saturating_sub(before);
-        }
+        self.emulator_cpu.stop();
         if orders.len() < count {
             return Err(other(format!(
                 "only {} of {count} trivial orders finished",
@@ -391,10 +379,10 @@ impl Rig {
             emulator_cpu_ms: self
                 .emulators
                 .iter()
-                .zip(self.emulator_ticks)
-                .map(|((name, _), ticks)| {
+                .zip(self.emulator_cpu.counted())
+                .map(|(name, ticks)| {
                     let ms =
-                        ticks as f64 / procfs::TICKS_PER_SECOND * 1000.0 / orders.max(1) as f64;
+                        *ticks as f64 / procfs::TICKS_PER_SECOND * 1000.0 / orders.max(1) as f64;
                     (name.clone(), round(ms))
                 })
                 .collect(),

@@ -321,6 +321,47 @@ pub mod procfs {
         pids.iter().map(|p| cpu_ticks(*p)).sum()
     }
 
+    /// The CPU of groups of processes (each a tree, or one process), each counted only
+    /// between [`Ticks::start`] and [`Ticks::stop`], over as many such stretches as there
+    /// are: a run's measured passes, not what runs between them.
+    #[derive(Debug, Clone, Default)]
+    pub struct Ticks {
+        groups: Vec<Vec<u32>>,
+        started: Vec<u64>,
+        counted: Vec<u64>,
+    }
+
+    impl Ticks {
+        pub fn of(groups: Vec<Vec<u32>>) -> Ticks {
+            Ticks {
+                counted: vec![0; groups.len()],
+                started: Vec::new(),
+                groups,
+            }
+        }
+
+        fn now(&self) -> Vec<u64> {
+            self.groups.iter().map(|g| cpu_ticks_of(g)).collect()
+        }
+
+        pub fn start(&mut self) {
+            self.started = self.now();
+        }
+
+        /// Adds what each group spent since [`Ticks::start`].
+        pub fn stop(&mut self) {
+            let now = self.now();
+            for ((sum, now), started) in self.counted.iter_mut().zip(now).zip(&self.started) {
+                *sum += now.saturating_sub(*started);
+            }
+        }
+
+        /// Each group's ticks, in the order given.
+        pub fn counted(&self) -> &[u64] {
+            &self.counted
+        }
+    }
+
     pub const TICKS_PER_SECOND: f64 = 100.0;
 
     /// `pid` and every process below it.

@@ -213,33 +213,26 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     // With the floor, the orders are measured in two passes, each after a pass of the
     // floor's (floor, saga, floor, saga), so that neither side is one draw of the push
     // loops' phases ([`crate::floor::Rig`]); the CPU is counted over the saga's passes only.
-    let cpu = procfs::cpu_ticks_of;
-    let me = std::process::id();
-    let mut fn_ticks: BTreeMap<Function, u64> = pids.keys().map(|f| (*f, 0)).collect();
-    let mut emu_ticks: Vec<u64> = vec![0; emulator_trees.len()];
-    let mut driver_ticks = 0;
+    let mut cpu = [
+        procfs::Ticks::of(pids.values().map(|p| vec![*p]).collect()),
+        procfs::Ticks::of(emulator_trees.iter().map(|(_, t)| t.clone()).collect()),
+        procfs::Ticks::of(vec![vec![std::process::id()]]),
+    ];
     let mut drives: Vec<Drive> = Vec::new();
     for orders in passes(args.count, if floor.is_some() { 2 } else { 1 }) {
         if let Some(rig) = &mut floor {
             rig.measure(orders.len(), args.concurrency).await?;
         }
-        let fn_before: BTreeMap<Function, u64> =
-            pids.iter().map(|(f, p)| (*f, cpu(&[*p]))).collect();
-        let emu_before: Vec<u64> = emulator_trees.iter().map(|(_, t)| cpu(t)).collect();
-        let driver_before = cpu(&[me]);
+        cpu.iter_mut().for_each(procfs::Ticks::start);
         drives.push(drive(args, orders, &base, &store, &ends).await?);
-        driver_ticks += cpu(&[me]).saturating_sub(driver_before);
-        for (f, p) in &pids {
-            if let Some(ticks) = fn_ticks.get_mut(f) {
-                *ticks += cpu(&[*p]).saturating_sub(fn_before[f]);
-            }
-        }
-        for ((ticks, (_, tree)), before) in
-            emu_ticks.iter_mut().zip(&emulator_trees).zip(emu_before)
-        {
-            *ticks += cpu(tree).saturating_sub(before);
-        }
+        cpu.iter_mut().for_each(procfs::Ticks::stop);
     }
+    let [fn_cpu, emu_cpu, driver_cpu] = &cpu;
+    let fn_ticks: BTreeMap<Function, u64> = pids
+        .keys()
+        .copied()
+        .zip(fn_cpu.counted().iter().copied())
+        .collect();
     let meters_after = meters(stack).await?;
     let five_at_once_kib = at_once.stop();
     let logged = logs.since();
@@ -303,7 +296,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             },
         );
     }
-    for ((name, tree), ticks) in emulator_trees.iter().zip(&emu_ticks) {
+    for ((name, tree), ticks) in emulator_trees.iter().zip(emu_cpu.counted()) {
         let peak: u64 = tree.iter().map(|p| procfs::rss_kib(*p).1).sum();
         result.emulators.insert(
             name.clone(),
@@ -326,7 +319,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let report = check_settled(&store, &baseline, saga_ops::check::SETTLE).await?;
     result.invariants_held = report.holds() && result.unfinished == 0;
     result.checked_orders = report.orders.values().sum();
-    result.driver_cpu_s_per_1000_orders = per_1000(driver_ticks);
+    result.driver_cpu_s_per_1000_orders = per_1000(driver_cpu.counted().iter().sum());
     result.five_rss_at_once_peak_mib = mib(five_at_once_kib);
     result.violations = report.violations;
     if let Some(rig) = floor.take() {
