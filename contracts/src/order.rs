@@ -154,12 +154,8 @@ impl Emitted {
 
     /// The event, read back in whichever version it was written (any this build knows).
     pub fn event(&self) -> Result<Event, wire::Undecodable> {
-        let attributes = self
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        wire::decode(self.payload.as_bytes(), &attributes, wire::CURRENT)
+        let version = self.attributes.get(wire::VERSION).map(String::as_str);
+        wire::decode(self.payload.as_bytes(), version, wire::CURRENT)
     }
 }
 

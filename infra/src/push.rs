@@ -180,7 +180,8 @@ pub fn decode(body: &[u8], accept: u32) -> Result<Delivery, NotDecoded> {
     let data = STANDARD
         .decode(envelope.message.data.as_bytes())
         .map_err(|e| poison(format!("message data is not base64: {e}")))?;
-    let event = match wire::decode(&data, &envelope.message.attributes, accept) {
+    let version = envelope.message.attributes.get(wire::VERSION);
+    let event = match wire::decode(&data, version.map(String::as_str), accept) {
         Ok(event) => event,
         Err(Undecodable::Poison(reason)) => return Err(poison(reason)),
         Err(Undecodable::Newer { version, accept }) => {

@@ -588,13 +588,9 @@ impl TestApp {
                 .expect("pull");
             let ack_ids: Vec<String> = received.iter().map(|m| m.ack_id.clone()).collect();
             for m in received {
-                let attributes = m.attributes.clone().into_iter().collect();
-                let event = saga_contracts::events::wire::decode(
-                    &m.data,
-                    &attributes,
-                    saga_contracts::events::wire::CURRENT,
-                )
-                .expect("an event");
+                use saga_contracts::events::wire;
+                let version = m.attributes.get(wire::VERSION).map(String::as_str);
+                let event = wire::decode(&m.data, version, wire::CURRENT).expect("an event");
                 messages.push((event, m.attributes));
             }
             if ack_ids.is_empty() {
