@@ -34,9 +34,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use saga_contracts::topology::topic_path;
 
-use crate::model::{
-    BenchArgs, BenchError, Floor, Latency, PushTimes, WARMUP_CONCURRENCY, procfs, round,
-};
+use crate::model::{BenchArgs, BenchError, Floor, Latency, PushTimes, procfs, round};
 use saga_emulator::stack::Stack;
 
 /// Stages of a trivial order; the push hops between them are one fewer.
@@ -294,7 +292,7 @@ pub async fn prepare(
     // first on their topics, subscriptions and collection.
     if args.warmup > 0 {
         let warm = floor
-            .drive(args.warmup, args.concurrency.max(WARMUP_CONCURRENCY))
+            .drive(args.warmup, args.warmup_concurrency())
             .await
             .map_err(other)?;
         if warm.len() < args.warmup {

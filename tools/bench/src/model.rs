@@ -56,7 +56,14 @@ pub struct BenchArgs {
 /// Warm-up orders go at least this many at a time, whatever the run's concurrency: what
 /// warms the emulators (JVMs) is how many orders they have handled, not how many at once,
 /// and a sequential run's warm-up would otherwise take longer than the run by far.
-pub const WARMUP_CONCURRENCY: usize = 50;
+const WARMUP_CONCURRENCY: usize = 50;
+
+impl BenchArgs {
+    /// How many warm-up orders go at once, the saga's and the floor's.
+    pub fn warmup_concurrency(&self) -> usize {
+        self.concurrency.max(WARMUP_CONCURRENCY)
+    }
+}
 
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -191,7 +191,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         let warmup = BenchArgs {
             count: args.warmup,
             workload: Workload::Spread,
-            concurrency: args.concurrency.max(WARMUP_CONCURRENCY),
+            concurrency: args.warmup_concurrency(),
             ..args.clone()
         };
         let warm = drive(&warmup, 0..args.warmup, &base, &store, &ends).await?;
