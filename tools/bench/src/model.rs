@@ -310,7 +310,7 @@ pub mod procfs {
     }
 
     /// User + system CPU time, in clock ticks (100 per second on Linux).
-    pub fn cpu_ticks(pid: u32) -> u64 {
+    fn cpu_ticks(pid: u32) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
@@ -324,14 +324,14 @@ pub mod procfs {
     }
 
     /// The CPU of `pids` together (a process tree, or one process), in clock ticks.
-    pub fn cpu_ticks_of(pids: &[u32]) -> u64 {
+    fn cpu_ticks_of(pids: &[u32]) -> u64 {
         pids.iter().map(|p| cpu_ticks(*p)).sum()
     }
 
     /// The CPU of groups of processes (each a tree, or one process), each counted only
     /// between [`Ticks::start`] and [`Ticks::stop`], over as many such stretches as there
     /// are: a run's measured passes, not what runs between them.
-    #[derive(Debug, Clone, Default)]
+    #[derive(Debug)]
     pub struct Ticks {
         groups: Vec<Vec<u32>>,
         started: Vec<u64>,
