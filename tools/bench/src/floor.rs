@@ -61,12 +61,19 @@ struct Floorer {
 }
 
 impl Floorer {
-    /// Runs `count` trivial orders, `concurrency` at a time; each one's time from its first
-    /// transaction until its last publish, for those that finished within a minute.
-    async fn drive(&self, count: usize, concurrency: usize) -> Result<Vec<Duration>, String> {
+    /// Runs trivial orders `orders`, `concurrency` at a time, each after its think time of
+    /// up to `think_ms`; each one's time from its first transaction until its last publish,
+    /// for those that finished within a minute.
+    async fn drive(
+        &self,
+        orders: std::ops::Range<usize>,
+        concurrency: usize,
+        think_ms: u64,
+    ) -> Result<Vec<Duration>, String> {
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut tasks = Vec::new();
-        for _ in 0..count {
+        for i in orders {
+            let think = crate::model::think(think_ms, i);
             let permit = permits
                 .clone()
                 .acquire_owned()
@@ -75,6 +82,7 @@ impl Floorer {
             let floor = self.clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
+                tokio::time::sleep(think).await;
                 let id = uuid::Uuid::new_v4().simple().to_string();
                 let (tx, rx) = oneshot::channel();
                 if let Ok(mut w) = floor.waiters.lock() {
@@ -292,7 +300,7 @@ pub async fn prepare(
     // first on their topics, subscriptions and collection.
     if args.warmup > 0 {
         let warm = floor
-            .drive(args.warmup, args.warmup_concurrency())
+            .drive(0..args.warmup, args.warmup_concurrency(), 0)
             .await
             .map_err(other)?;
         if warm.len() < args.warmup {
@@ -315,12 +323,22 @@ pub async fn prepare(
 }
 
 impl Rig {
-    /// One measured pass: `count` trivial orders, `concurrency` at a time.
-    pub async fn measure(&mut self, count: usize, concurrency: usize) -> Result<(), BenchError> {
+    /// One measured pass: as many trivial orders as the saga's `orders`, with their think
+    /// times, at the run's concurrency.
+    pub async fn measure(
+        &mut self,
+        orders: std::ops::Range<usize>,
+        args: &BenchArgs,
+    ) -> Result<(), BenchError> {
+        let count = orders.len();
         let counted = self.floor.store.meter().counts();
         self.emulator_cpu.start();
         let started = Instant::now();
-        let orders = self.floor.drive(count, concurrency).await.map_err(other)?;
+        let orders = self
+            .floor
+            .drive(orders, args.concurrency, args.think_ms)
+            .await
+            .map_err(other)?;
         let elapsed = started.elapsed();
         self.emulator_cpu.stop();
         if orders.len() < count {

@@ -45,6 +45,14 @@ pub struct BenchArgs {
     /// `--floor`, as many trivial orders run first, not measured, before the floor's.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Before each measured order its slot pauses a think time, spread evenly over 0..MS
+    /// (the same for the floor's trivial orders; none for the warm-up). Placed back to back
+    /// (0), one at a time, the orders fall into step with the Pub/Sub emulator's 100 ms
+    /// push-loop sleeps and a pass's p50 is one of two modes, one sleep or two; a think time
+    /// spread over a whole sleep meets the loops at every phase, as orders arriving at
+    /// random times do.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub think_ms: u64,
     /// Seconds between each function's sweeps (see `saga up --sweep-interval`).
     #[arg(long, value_name = "SECS", default_value_t = saga_emulator::stack::DEFAULT_SWEEP_INTERVAL_SECS)]
     pub sweep_interval: u64,
@@ -63,6 +71,14 @@ impl BenchArgs {
     pub fn warmup_concurrency(&self) -> usize {
         self.concurrency.max(WARMUP_CONCURRENCY)
     }
+}
+
+/// The think time before the `i`-th order: the fraction of `i` times the golden ratio, of
+/// `think_ms` (a Weyl sequence), so that any run of consecutive orders spreads evenly over
+/// 0..`think_ms`, the same in every run.
+pub fn think(think_ms: u64, i: usize) -> Duration {
+    const GOLDEN: f64 = 0.618_033_988_749_894_9;
+    Duration::from_secs_f64(think_ms as f64 / 1000.0 * (i as f64 * GOLDEN).fract())
 }
 
 /// Percentiles of a set of durations, in milliseconds.
@@ -215,6 +231,10 @@ pub struct BenchResult {
     /// peak RSS is reset after them, where Linux allows it).
     #[serde(default)]
     pub warmup: usize,
+    /// Each measured order's slot paused a think time before it, spread over 0..this many
+    /// ms ([`think`]); 0: back to back.
+    #[serde(default)]
+    pub think_ms: u64,
     /// Orders in the project when the invariants were checked: the measured ones and the
     /// warm-up's.
     #[serde(default)]
@@ -405,4 +425,29 @@ pub mod procfs {
 /// Rounds to one decimal, as the results show figures.
 pub fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_think_time_is_none() {
+        assert!((0..100).all(|i| think(0, i).is_zero()));
+    }
+
+    #[test]
+    fn think_times_spread_evenly_over_the_range_in_any_run_of_orders() {
+        for start in [0, 500, 7919] {
+            let mut tenths = [0; 10];
+            for i in start..start + 100 {
+                let t = think(100, i);
+                assert!(t < Duration::from_millis(100), "{t:?}");
+                tenths[(t.as_secs_f64() * 100.0) as usize] += 1;
+            }
+            // Any run of consecutive orders meets every phase of a 100 ms sleep about
+            // equally often (a Weyl sequence: 9 to 11 in each tenth).
+            assert!(tenths.iter().all(|n| (8..=12).contains(n)), "{tenths:?}");
+        }
+    }
 }

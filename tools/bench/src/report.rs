@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::model::*;
 
-/// The file name of a run: workload, concurrency, count, shards.
+/// The file name of a run: workload, concurrency, count, shards, think time.
 pub fn name(r: &BenchResult) -> String {
     let workload = match r.workload {
         Some(Workload::Hot) => "hot",
@@ -17,7 +17,12 @@ pub fn name(r: &BenchResult) -> String {
     } else {
         String::new()
     };
-    format!("{workload}-c{}-n{}{shards}", r.concurrency, r.count)
+    let think = if r.think_ms > 0 {
+        format!("-t{}", r.think_ms)
+    } else {
+        String::new()
+    };
+    format!("{workload}-c{}-n{}{shards}{think}", r.concurrency, r.count)
 }
 
 pub(crate) fn write(args: &BenchArgs, result: &BenchResult) -> Result<(), BenchError> {
@@ -125,6 +130,12 @@ pub fn table(r: &BenchResult) -> String {
         t.push_str(&format!(
             "  warm-up            {} spread orders before, not measured{floor}\n",
             r.warmup
+        ));
+    }
+    if r.think_ms > 0 {
+        t.push_str(&format!(
+            "  think time         0-{} ms before each order, spread evenly (the floor's too)\n",
+            r.think_ms
         ));
     }
     t.push_str(&format!("  end to end         {}\n", l(&r.end_to_end)));
@@ -269,7 +280,23 @@ pub fn report(dir: &Path) -> Result<String, BenchError> {
 
 #[cfg(test)]
 mod tests {
-    use super::passes;
+    use super::{BenchResult, Workload, name, passes};
+
+    #[test]
+    fn a_run_with_a_think_time_is_named_apart_from_one_without() {
+        let back_to_back = BenchResult {
+            workload: Some(Workload::Spread),
+            count: 100,
+            concurrency: 1,
+            ..BenchResult::default()
+        };
+        assert_eq!(name(&back_to_back), "spread-c1-n100");
+        let thinking = BenchResult {
+            think_ms: 100,
+            ..back_to_back
+        };
+        assert_eq!(name(&thinking), "spread-c1-n100-t100");
+    }
 
     #[test]
     fn a_run_measured_in_two_passes_gives_both_and_one_in_one_pass_none() {

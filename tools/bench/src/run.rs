@@ -192,6 +192,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             count: args.warmup,
             workload: Workload::Spread,
             concurrency: args.warmup_concurrency(),
+            think_ms: 0,
             ..args.clone()
         };
         let warm = drive(&warmup, 0..args.warmup, &base, &store, &ends).await?;
@@ -221,7 +222,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let mut drives: Vec<Drive> = Vec::new();
     for orders in passes(args.count, if floor.is_some() { 2 } else { 1 }) {
         if let Some(rig) = &mut floor {
-            rig.measure(orders.len(), args.concurrency).await?;
+            rig.measure(orders.clone(), args).await?;
         }
         cpu.iter_mut().for_each(procfs::Ticks::start);
         drives.push(drive(args, orders, &base, &store, &ends).await?);
@@ -275,6 +276,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         hops: timings.hops,
         binaries: stack.launcher.describe(),
         warmup: args.warmup,
+        think_ms: args.think_ms,
         contention: Some(logged.contention),
         pushes: logged.pushes,
         ..BenchResult::default()
@@ -461,8 +463,10 @@ async fn drive(
         let (http, waiting, bar) = (http.clone(), waiting.clone(), bar.clone());
         let url = format!("{base}/order");
         let body = order(args.workload, i);
+        let think = crate::model::think(args.think_ms, i);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
+            tokio::time::sleep(think).await;
             let t0 = Instant::now();
             let wall = jiff::Timestamp::now();
             let response = http
