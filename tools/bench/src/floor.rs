@@ -73,7 +73,6 @@ impl Floorer {
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut tasks = Vec::new();
         for i in orders {
-            let think = crate::model::think(think_ms, i);
             let permit = permits
                 .clone()
                 .acquire_owned()
@@ -82,7 +81,7 @@ impl Floorer {
             let floor = self.clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
-                tokio::time::sleep(think).await;
+                crate::model::think_first(think_ms, i).await;
                 let id = uuid::Uuid::new_v4().simple().to_string();
                 let (tx, rx) = oneshot::channel();
                 if let Ok(mut w) = floor.waiters.lock() {

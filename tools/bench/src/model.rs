@@ -81,6 +81,15 @@ pub fn think(think_ms: u64, i: usize) -> Duration {
     Duration::from_secs_f64(think_ms as f64 / 1000.0 * (i as f64 * GOLDEN).fract())
 }
 
+/// Waits out the `i`-th order's [`think`] time; with none, touches no timer, so that orders
+/// placed back to back are placed as before there was a think time.
+pub async fn think_first(think_ms: u64, i: usize) {
+    let pause = think(think_ms, i);
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Latency {

@@ -463,10 +463,10 @@ async fn drive(
         let (http, waiting, bar) = (http.clone(), waiting.clone(), bar.clone());
         let url = format!("{base}/order");
         let body = order(args.workload, i);
-        let think = crate::model::think(args.think_ms, i);
+        let think_ms = args.think_ms;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            tokio::time::sleep(think).await;
+            crate::model::think_first(think_ms, i).await;
             let t0 = Instant::now();
             let wall = jiff::Timestamp::now();
             let response = http
