@@ -309,7 +309,10 @@ pub fn push_only(runtime: &Runtime, router: Router) -> Router {
     }
 }
 
-async fn close_connection(mut response: Response) -> Response {
+/// Answers with `Connection: close`: what every push route answers on the emulator
+/// ([`push_only`]), and the bench's floor's relay too, so that it pushes to the floor's
+/// stages as it does to the steps.
+pub async fn close_connection(mut response: Response) -> Response {
     response.headers_mut().insert(
         axum::http::header::CONNECTION,
         axum::http::HeaderValue::from_static("close"),

@@ -41,8 +41,8 @@ impl Contention {
 }
 
 /// What the functions logged during the measured orders that the bench reads: the
-/// transactions that ran again, and each step's pushes (the `delivery_ms` and
-/// `committed_ms` of its "step done" lines: the deliveries that did an order's work, not
+/// transactions that ran again, and each step's pushes (the `delivery_ms`, `committed_ms`
+/// and `handled_ms` of its "step done" lines: the deliveries that did an order's work, not
 /// the duplicates).
 #[derive(Debug, Default)]
 pub struct Logged {
@@ -53,7 +53,7 @@ pub struct Logged {
 impl Logged {
     pub fn from_log_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Logged {
         let mut contention = Contention::default();
-        let mut pushes: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut pushes: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
         for line in lines {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
@@ -61,23 +61,24 @@ impl Logged {
             if entry["message"] == "contended transaction" {
                 contention.add(&entry);
             } else if entry["message"] == "step done"
-                && let (Some(step), Some(delivery), Some(handled)) = (
+                && let (Some(step), Some(delivery), Some(committed), Some(answered)) = (
                     entry["step"].as_str(),
                     entry["delivery_ms"].as_f64(),
                     entry["committed_ms"].as_f64(),
+                    entry["handled_ms"].as_f64(),
                 )
             {
                 pushes
                     .entry(step.to_owned())
                     .or_default()
-                    .push((delivery, handled));
+                    .push((delivery, committed, answered));
             }
         }
         Logged {
             contention,
             pushes: pushes
                 .into_iter()
-                .map(|(step, pairs)| (step, PushTimes::of(pairs)))
+                .map(|(step, times)| (step, PushTimes::of(times)))
                 .collect(),
         }
     }
@@ -135,6 +136,65 @@ pub struct Bounds {
     /// Orders a second that `concurrency` orders in flight allow at that mean (Little's law):
     /// an upper bound, as the next order starts a little after one finishes.
     pub in_flight_orders_per_s: Option<f64>,
+    /// The step that held its pushes longest, and the orders a second its push loops allow
+    /// ([`PushLoops`]).
+    pub push_loops: Option<PushLoops>,
+}
+
+/// What the Pub/Sub emulator's push loops allow. Each push subscription has two, and a loop
+/// pushes one message, waits for the answer, then pulls the next (its `PushLoop`), so a
+/// stage whose pushes are each held `h` ms takes at most `2 × 1000 / h` a second, whatever
+/// the concurrency: an upper bound, as each push also costs the emulator its own time. The
+/// stage that holds its pushes longest bounds a run with one push a stage an order; its
+/// loops' share spent holding pushes at the run's rate says how near the run came.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushLoops {
+    pub stage: String,
+    /// Its mean push held, ms, and of it the part until its commit.
+    pub held_ms: f64,
+    pub committed_ms: f64,
+    /// `2 × 1000 / held_ms`.
+    pub orders_per_s: f64,
+    /// Its two loops' time spent holding pushes at `rate` a second: `rate × held_ms / 2000`.
+    pub busy: f64,
+}
+
+/// Loops a push subscription has on the emulator.
+const PUSH_LOOPS: f64 = 2.0;
+
+impl PushLoops {
+    /// From each stage's push times, at `rate` pushes a second a stage; none without holds
+    /// (results recorded before they were logged).
+    pub fn of<'a>(
+        stages: impl IntoIterator<Item = (&'a String, &'a PushTimes)>,
+        rate: f64,
+    ) -> Option<PushLoops> {
+        let (stage, times) = stages
+            .into_iter()
+            .filter(|(_, t)| t.held.count > 0 && t.held.mean > 0.0)
+            .max_by(|a, b| a.1.held.mean.total_cmp(&b.1.held.mean))?;
+        let held_ms = times.held.mean;
+        Some(PushLoops {
+            stage: stage.clone(),
+            held_ms,
+            committed_ms: times.handling.mean,
+            orders_per_s: PUSH_LOOPS * 1000.0 / held_ms,
+            busy: rate * held_ms / (PUSH_LOOPS * 1000.0),
+        })
+    }
+
+    /// `{stage} held its pushes {held} ms (…) => at most … orders/s; its two loops …% busy
+    /// holding them`.
+    fn describe(&self) -> String {
+        format!(
+            "{} held its pushes {} ms (its commit {}, then its publish and answer) => at most {} orders/s; its two loops {:.0}% busy holding them",
+            self.stage,
+            round(self.held_ms),
+            round(self.committed_ms),
+            round(self.orders_per_s),
+            self.busy * 100.0,
+        )
+    }
 }
 
 impl Bounds {
@@ -167,6 +227,7 @@ impl Bounds {
             cores_busy: r.orders_per_s * cpu_ms_per_order / 1000.0,
             mean_end_to_end_ms,
             in_flight_orders_per_s,
+            push_loops: PushLoops::of(&r.pushes, r.orders_per_s),
         })
     }
 
@@ -175,6 +236,10 @@ impl Bounds {
         [
             ("CPU", self.cpu_orders_per_s),
             ("orders in flight", self.in_flight_orders_per_s),
+            (
+                "push loops",
+                self.push_loops.as_ref().map(|p| p.orders_per_s),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, bound)| bound.map(|b| (name, b)))
@@ -202,6 +267,17 @@ impl Bounds {
             round(self.mean_end_to_end_ms),
             cap(self.in_flight_orders_per_s),
         ));
+        if let Some(loops) = &self.push_loops {
+            let floor = r
+                .floor
+                .as_ref()
+                .and_then(|f| PushLoops::of(&f.pushes_by_stage, f.orders_per_s))
+                .map_or(String::new(), |f| format!("; the floor's {}", f.describe()));
+            t.push_str(&format!(
+                "  bound: push loops  two pushes at a time a subscription (the emulator's push loops): {}{floor}\n",
+                loops.describe(),
+            ));
+        }
         if let Some(c) = &r.contention {
             t.push_str(&format!(
                 "  contention         {} transactions ran again ({} retries, {} gave up)\n",
@@ -561,14 +637,51 @@ mod tests {
     }
 
     #[test]
+    fn the_stage_that_holds_its_pushes_longest_bounds_what_its_two_loops_carry() {
+        // Given two steps whose pushes were held 5 and 7 ms (committed after 2 and 3),
+        let pushes = BTreeMap::from([
+            ("order".to_owned(), PushTimes::of([(50.0, 2.0, 5.0)])),
+            (
+                "payments".to_owned(),
+                PushTimes::of([(50.0, 3.0, 7.0), (40.0, 3.0, 7.0)]),
+            ),
+        ]);
+        // when the run made 200 orders a second,
+        let loops = PushLoops::of(&pushes, 200.0).expect("holds were logged");
+        // then payments bounds it: its two loops, 7 ms a push, carry at most 285.7 a
+        // second, and at 200 they spent 70 % of their time holding pushes;
+        assert_eq!(
+            (loops.stage.as_str(), round(loops.orders_per_s)),
+            ("payments", 285.7)
+        );
+        assert!((loops.busy - 0.7).abs() < 1e-9, "{loops:?}");
+        assert!(
+            loops.describe().starts_with(
+                "payments held its pushes 7 ms (its commit 3, then its publish and answer) => at most 285.7 orders/s; its two loops 70% busy"
+            ),
+            "{}",
+            loops.describe()
+        );
+        // and results recorded before holds were logged give no such bound.
+        let before = BTreeMap::from([(
+            "order".to_owned(),
+            PushTimes {
+                held: Latency::default(),
+                ..PushTimes::of([(50.0, 2.0, 5.0)])
+            },
+        )]);
+        assert_eq!(PushLoops::of(&before, 200.0), None);
+    }
+
+    #[test]
     fn the_time_an_order_splits_into_pub_sub_s_waits_and_the_steps() {
         // Given two steps' log lines, each with Pub/Sub's part and the step's (a duplicate's
         // does no order's work and is left out),
         let lines = [
             r#"{"message":"step done","step":"order","delivery_ms":40.0,"committed_ms":10.0,"handled_ms":12.0}"#,
-            r#"{"message":"step done","step":"order","delivery_ms":60.0,"committed_ms":10.0}"#,
-            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"committed_ms":6.0}"#,
-            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"committed_ms":4.0}"#,
+            r#"{"message":"step done","step":"order","delivery_ms":60.0,"committed_ms":10.0,"handled_ms":14.0}"#,
+            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"committed_ms":6.0,"handled_ms":8.0}"#,
+            r#"{"message":"step done","step":"inventory","delivery_ms":50.0,"committed_ms":4.0,"handled_ms":6.0}"#,
             r#"{"message":"step done","step":"janitor","outcome":"a sweep's: no push"}"#,
             r#"{"message":"duplicate delivery, step already done","step":"order","delivery_ms":900.0,"committed_ms":3.0}"#,
         ];
@@ -584,7 +697,7 @@ mod tests {
         r.pushes = logged.pushes;
         r.floor = Some(Floor {
             end_to_end: Latency::of_ms(vec![110.0]),
-            pushes: PushTimes::of([(45.0, 5.0), (45.0, 5.0)]),
+            pushes: PushTimes::of([(45.0, 5.0, 7.0), (45.0, 5.0, 7.0)]),
             ..Floor::default()
         });
         // then each order waited 100 ms for Pub/Sub and spent 15 in the steps,

@@ -45,9 +45,10 @@ const STAGES: usize = 4;
 struct Samples {
     hops: Vec<Duration>,
     txns: Vec<Duration>,
-    /// Each push's stage, and its Pub/Sub part and stage part (until its transaction
-    /// committed), in ms, as the saga's steps log theirs.
-    pushes: Vec<(usize, f64, f64)>,
+    /// Each push's stage, and its Pub/Sub part, its stage part (until its transaction
+    /// committed) and how long it was held (until its publish was done and it was
+    /// answered), in ms, as the saga's steps log theirs.
+    pushes: Vec<(usize, f64, f64, f64)>,
 }
 
 #[derive(Clone)]
@@ -190,9 +191,10 @@ async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes
     match floor.stage(hop + 1, id).await {
         Ok(committed) => {
             if let Some(delivery) = arrival.delivery_ms() {
+                let held = arrival.ms_until(Instant::now());
                 floor.record(|s| {
                     s.pushes
-                        .push((hop + 1, delivery, arrival.ms_until(committed)))
+                        .push((hop + 1, delivery, arrival.ms_until(committed), held))
                 });
             }
             // Only once its last push is recorded: a warm-up's samples are cleared when its
@@ -288,9 +290,14 @@ pub async fn prepare(
         samples: Arc::default(),
         epoch: Instant::now(),
     };
+    // Answered as the steps answer their pushes on the emulator: it opens a connection a
+    // push either way, and the floor's ends with its answer like the saga's.
     let app = Router::new()
         .route("/relay/{hop}", post(relay))
-        .with_state(floor.clone());
+        .with_state(floor.clone())
+        .layer(axum::middleware::map_response(
+            saga_infra::step::close_connection,
+        ));
     let server = AbortOnDrop(tokio::spawn(
         async move { axum::serve(listener, app).await },
     ));
@@ -366,13 +373,13 @@ impl Rig {
                 (
                     Latency::of(&s.hops),
                     Latency::of(&s.txns),
-                    PushTimes::of(s.pushes.iter().map(|&(_, d, h)| (d, h))),
+                    PushTimes::of(s.pushes.iter().map(|&(_, d, c, h)| (d, c, h))),
                     (1..STAGES)
                         .map(|stage| {
                             let of_stage = s.pushes.iter().filter(|p| p.0 == stage);
                             (
                                 format!("stage {stage}"),
-                                PushTimes::of(of_stage.map(|&(_, d, h)| (d, h))),
+                                PushTimes::of(of_stage.map(|&(_, d, c, h)| (d, c, h))),
                             )
                         })
                         .collect(),

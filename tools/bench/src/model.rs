@@ -141,15 +141,25 @@ impl Latency {
 pub struct PushTimes {
     pub delivery: Latency,
     pub handling: Latency,
+    /// Each push until it was answered (its commit, then its publish): how long it held one
+    /// of its subscription's push loops. Empty in results recorded before.
+    #[serde(default)]
+    pub held: Latency,
 }
 
 impl PushTimes {
-    /// Of (delivery, handling) pairs in milliseconds.
-    pub fn of(pairs: impl IntoIterator<Item = (f64, f64)>) -> PushTimes {
-        let (delivery, handling): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    /// Of (delivery, handling, held) in milliseconds.
+    pub fn of(times: impl IntoIterator<Item = (f64, f64, f64)>) -> PushTimes {
+        let (mut delivery, mut handling, mut held) = (Vec::new(), Vec::new(), Vec::new());
+        for (d, h, a) in times {
+            delivery.push(d);
+            handling.push(h);
+            held.push(a);
+        }
         PushTimes {
             delivery: Latency::of_ms(delivery),
             handling: Latency::of_ms(handling),
+            held: Latency::of_ms(held),
         }
     }
 }
