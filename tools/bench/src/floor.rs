@@ -48,7 +48,7 @@ struct Samples {
     /// Each push's stage, and its Pub/Sub part, its stage part (until its transaction
     /// committed) and how long it was held (until its publish was done and it was
     /// answered), in ms, as the saga's steps log theirs.
-    pushes: Vec<(usize, f64, f64, f64)>,
+    pushes: Vec<(usize, (f64, f64, f64))>,
 }
 
 #[derive(Clone)]
@@ -194,7 +194,7 @@ async fn relay(State(floor): State<Floorer>, Path(hop): Path<usize>, body: Bytes
                 let held = arrival.ms_until(Instant::now());
                 floor.record(|s| {
                     s.pushes
-                        .push((hop + 1, delivery, arrival.ms_until(committed), held))
+                        .push((hop + 1, (delivery, arrival.ms_until(committed), held)))
                 });
             }
             // Only once its last push is recorded: a warm-up's samples are cleared when its
@@ -373,13 +373,13 @@ impl Rig {
                 (
                     Latency::of(&s.hops),
                     Latency::of(&s.txns),
-                    PushTimes::of(s.pushes.iter().map(|&(_, d, c, h)| (d, c, h))),
+                    PushTimes::of(s.pushes.iter().map(|p| p.1)),
                     (1..STAGES)
                         .map(|stage| {
                             let of_stage = s.pushes.iter().filter(|p| p.0 == stage);
                             (
                                 format!("stage {stage}"),
-                                PushTimes::of(of_stage.map(|&(_, d, c, h)| (d, c, h))),
+                                PushTimes::of(of_stage.map(|p| p.1)),
                             )
                         })
                         .collect(),
