@@ -181,16 +181,20 @@ module "function" {
   max_instances              = var.max_instances
   otlp_endpoint              = var.otlp_endpoint
   # The frontend: users sign in (Identity Platform ID tokens of this project), and the
-  # client's address, for its rate, is the one Cloud Run's front end appended.
-  env = each.key == "frontend" ? merge(
-    {
-      SAGA_USER_AUTH       = "firebase"
-      SAGA_TRUST_FORWARDED = "true"
-      SAGA_POST_RATE       = tostring(var.post_rate)
-      SAGA_STREAMS_MAX     = tostring(var.streams_max)
-    },
-    var.web_api_key == null ? {} : { SAGA_WEB_API_KEY = var.web_api_key },
-  ) : {}
+  # client's address, for its rate, is the one Cloud Run's front end appended. Every
+  # function: a rollout's pins, while they are set.
+  env = merge(
+    each.key == "frontend" ? merge(
+      {
+        SAGA_USER_AUTH       = "firebase"
+        SAGA_TRUST_FORWARDED = "true"
+        SAGA_POST_RATE       = tostring(var.post_rate)
+        SAGA_STREAMS_MAX     = tostring(var.streams_max)
+      },
+      var.web_api_key == null ? {} : { SAGA_WEB_API_KEY = var.web_api_key },
+    ) : {},
+    var.rollout_pins,
+  )
 
   depends_on = [google_firestore_database.main]
 }

@@ -93,3 +93,13 @@ variable "otlp_endpoint" {
   type        = string
   default     = "https://telemetry.googleapis.com"
 }
+
+variable "rollout_pins" {
+  description = "The pins of a rollout (docs/evolving.md), set on every function while old and new revisions serve side by side: SAGA_EMIT_EVENT_VERSION (the event schema version to write) and SAGA_ORDER_LAYOUT (\"listed\"). Empty outside a rollout."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition     = alltrue([for name in keys(var.rollout_pins) : contains(["SAGA_EMIT_EVENT_VERSION", "SAGA_ORDER_LAYOUT"], name)])
+    error_message = "rollout_pins takes SAGA_EMIT_EVENT_VERSION and SAGA_ORDER_LAYOUT only."
+  }
+}

@@ -7,7 +7,8 @@
 //! - **each step's record** ([`StepRecord`]): that the step ran (its idempotency record), what
 //!   it consumed and decided, and the event it emitted ([`Emitted`]: the outbox, published
 //!   after commit). The timeline (`GET /order/{id}` history, `saga trace`, `saga replay`) is
-//!   read from these records;
+//!   read from these records. They are stored as one JSON string ([`records`]: Firestore
+//!   works per field, and they are only ever read whole);
 //! - **what was taken for the order**: the stock reserved ([`Reservation`]) and the money
 //!   charged ([`Payment`]), which the janitor gives back;
 //! - **duplicate deliveries** noted after the fact ([`Duplicate`]).
@@ -24,6 +25,10 @@ use uuid::Uuid;
 
 use crate::events::{Event, FailureReason, OrderDetails, OrderStatus, wire};
 use crate::trace::{TRACEPARENT, TraceContext};
+
+pub mod records;
+
+pub use records::{Layout, StepRecords};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderDoc {
@@ -52,7 +57,7 @@ pub struct OrderDoc {
     pub payment: Option<Payment>,
     /// One record per step that ran, in the order they ran.
     #[serde(default)]
-    pub steps: Vec<StepRecord>,
+    steps: StepRecords,
     /// Deliveries that came again after their step had run.
     #[serde(default)]
     pub duplicates: Vec<Duplicate>,
@@ -195,7 +200,7 @@ impl OrderDoc {
             fingerprint: None,
             reservation: None,
             payment: None,
-            steps: Vec::new(),
+            steps: StepRecords::default(),
             duplicates: Vec::new(),
             created_at: now,
             updated_at: now,
@@ -250,7 +255,22 @@ impl OrderDoc {
 
     /// The record of `step`, if it ran.
     pub fn step(&self, step: &str) -> Option<&StepRecord> {
-        self.steps.iter().find(|r| r.step == step)
+        self.steps().iter().find(|r| r.step == step)
+    }
+
+    /// Every step's record, in the order they ran.
+    pub fn steps(&self) -> &[StepRecord] {
+        self.steps.as_slice()
+    }
+
+    /// The layout its records were read in, or will be written in.
+    pub fn layout(&self) -> Layout {
+        self.steps.layout()
+    }
+
+    /// Writes its records in `layout` (the revision's `SAGA_ORDER_LAYOUT`) from now on.
+    pub fn lay_out(&mut self, layout: Layout) {
+        self.steps.lay_out(layout);
     }
 
     /// Adds a step's record.

@@ -28,6 +28,7 @@
 //! | `SAGA_REQUEST_TIMEOUT_SECS` | longest a request may take before it is answered 503 | 30 |
 //! | `SAGA_EVENT_VERSION` | speak only this event schema version: write it, and read nothing newer (the previous release's behaviour, for a rolling-deploy test) | the current one |
 //! | `SAGA_EMIT_EVENT_VERSION` | write events in this schema version, still reading every version this build knows (during a rollout: docs/evolving.md) | `SAGA_EVENT_VERSION`, else the current one |
+//! | `SAGA_ORDER_LAYOUT` | `listed`: write an order's step records one map each, as revisions before the packed layout read them, still reading both (the pin of a rollout: docs/evolving.md) | `packed` |
 //! | `SAGA_TRUST_FORWARDED` | `true`: the client's address is the last `X-Forwarded-For` entry (Cloud Run's front end appends it) | `false` |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | export spans over OTLP to this base URL (`/v1/traces` is appended); on `*.googleapis.com` (the Telemetry API, Cloud Trace's OTLP endpoint) with Application Default Credentials | none: nothing exported |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the same, the full URL of the traces endpoint (used as is; wins over the base) | none |
@@ -40,6 +41,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::events::wire::{self, EventVersions};
+use crate::order::Layout;
 use crate::push_auth::{GOOGLE_JWKS_URL, OidcSettings};
 
 /// Where Firebase Authentication / Identity Platform publishes the keys its ID tokens are
@@ -184,6 +186,8 @@ pub struct Config {
     pub faults: Faults,
     /// The event schema versions it writes and reads ([`crate::events::wire`]).
     pub event_versions: EventVersions,
+    /// How it writes an order's step records (it reads both layouts).
+    pub order_layout: Layout,
     /// Export spans here; `None`: nothing is exported (the logs still carry the trace).
     pub otlp: Option<Otlp>,
 }
@@ -228,6 +232,7 @@ impl Config {
             limits: Limits::default(),
             faults: Faults::default(),
             event_versions: EventVersions::default(),
+            order_layout: Layout::default(),
             otlp: None,
         }
     }
@@ -382,6 +387,14 @@ impl Config {
         if let Some(emit) = version("SAGA_EMIT_EVENT_VERSION")? {
             event_versions.emit = emit.min(event_versions.accept);
         }
+        let order_layout = match set("SAGA_ORDER_LAYOUT") {
+            None => Layout::default(),
+            Some(value) => value.parse().map_err(|_| ConfigError::Invalid {
+                name: "SAGA_ORDER_LAYOUT",
+                value,
+                reason: "expected listed or packed",
+            })?,
+        };
         let otlp = otlp(&set)?;
         let defaults = Limits::default();
         let limits = Limits {
@@ -413,6 +426,7 @@ impl Config {
                 ..Faults::default()
             },
             event_versions,
+            order_layout,
             otlp,
         })
     }
@@ -719,5 +733,23 @@ mod tests {
             let e = with(&[("SAGA_EVENT_VERSION", bad)]).unwrap_err();
             assert!(e.to_string().contains("SAGA_EVENT_VERSION"), "{e}");
         }
+    }
+
+    #[test]
+    fn orders_are_written_packed_unless_pinned_to_the_listed_layout() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = CLOUD.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        assert_eq!(with(&[]).unwrap().order_layout, Layout::Packed);
+        assert_eq!(
+            with(&[("SAGA_ORDER_LAYOUT", "listed")])
+                .unwrap()
+                .order_layout,
+            Layout::Listed
+        );
+        let e = with(&[("SAGA_ORDER_LAYOUT", "maps")]).unwrap_err();
+        assert!(e.to_string().contains("SAGA_ORDER_LAYOUT"), "{e}");
     }
 }

@@ -461,6 +461,7 @@ async fn process<S: Step>(
 ) -> Result<Ack, PushError> {
     let store = &state.runtime.store;
     let emit_version = state.runtime.config.event_versions.emit;
+    let layout = state.runtime.config.order_layout;
     let order_id = event.order_id.to_string();
     let event = Arc::new(event);
     let ran = store
@@ -509,6 +510,7 @@ async fn process<S: Step>(
                 };
                 order.record(record.clone());
                 order.updated_at = now;
+                order.lay_out(layout);
                 tx.set(collections::ORDERS, &order_id, &order)?;
                 Ok(Ran::Done(Box::new(record), true, order.status()))
             }

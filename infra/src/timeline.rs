@@ -57,7 +57,7 @@ pub fn history(order: &OrderDoc) -> Vec<TimelineEntry> {
             trace_id: Some(trace_id.to_owned()),
         };
     let mut entries = Vec::new();
-    for r in &order.steps {
+    for r in order.steps() {
         entries.push(TimelineEntry {
             outcome: r.outcome.clone(),
             ..entry(

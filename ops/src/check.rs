@@ -222,7 +222,7 @@ pub async fn check(store: &Store, baseline: &Baseline, mode: Mode) -> Result<Rep
             _ => {}
         }
         let mut steps: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in &order.steps {
+        for r in order.steps() {
             *steps.entry(&r.step).or_default() += 1;
         }
         for (step, n) in &steps {

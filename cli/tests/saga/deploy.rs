@@ -529,3 +529,40 @@ fn terraform_exports_every_function_s_spans_to_cloud_trace() {
         saga_infra::config::OTLP_PROTOCOL
     )));
 }
+
+#[test]
+fn terraform_sets_a_rollout_s_pins_on_every_function_and_each_is_a_setting_they_read() {
+    let main = parse("terraform/main.tf");
+    let env = block_attr(&main, "module", &["function"], "env");
+    let (frontend_only, every) = env.split_at(env.find("var.rollout_pins").expect("the pins"));
+    assert!(frontend_only.contains("SAGA_USER_AUTH"), "{env}");
+    assert!(
+        !every.contains("each.key"),
+        "the pins go to every function, not only the frontend: {env}"
+    );
+    // The names the variable takes (its validation) are the pins docs/evolving.md names, and
+    // a function refuses to start on a bad value of each: it reads them.
+    let variables = text("terraform/variables.tf");
+    let pins = ["SAGA_EMIT_EVENT_VERSION", "SAGA_ORDER_LAYOUT"];
+    let allowed = variables
+        .split("contains([")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("rollout_pins' validation");
+    assert_eq!(allowed, pins.map(|p| format!("\"{p}\"")).join(", "));
+    for pin in pins {
+        let vars = [
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+            ("FIRESTORE_EMULATOR_HOST", "127.0.0.1:8086"),
+            (pin, "not-a-value"),
+        ];
+        let read = saga_infra::config::Config::from_vars(Function::Order, |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        let error = read.expect_err(pin).to_string();
+        assert!(error.contains(pin), "{error}");
+        assert!(text("docs/evolving.md").contains(pin), "{pin} documented");
+    }
+}

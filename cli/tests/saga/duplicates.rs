@@ -87,7 +87,7 @@ async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered
     assert_eq!(app.balance("jack").await, BALANCE - 30, "charged once");
 
     let order = app.order_doc(id).await.unwrap();
-    let mut ran: Vec<&str> = order.steps.iter().map(|s| s.step.as_str()).collect();
+    let mut ran: Vec<&str> = order.steps().iter().map(|s| s.step.as_str()).collect();
     ran.sort();
     assert_eq!(
         ran,
@@ -95,7 +95,7 @@ async fn each_step_has_one_effect_and_one_event_id_however_often_it_is_delivered
         "each step recorded once"
     );
     let emitted: Vec<&str> = order
-        .steps
+        .steps()
         .iter()
         .filter_map(|s| s.emitted.as_ref().map(|e| e.topic.as_str()))
         .collect();

@@ -1,5 +1,5 @@
-//! Changing the code while sagas are in flight: events carry their schema version across a
-//! rolling deploy, an event newer than a revision reads is retried and never parked, and no
+//! Changing the code while sagas are in flight: events carry their schema version, and orders
+//! their records' layout, across a rolling deploy, an event newer than a revision reads is retried and never parked, and no
 //! saga is without a backstop (an order stuck before its creation times out; one unreadable
 //! order does not stop a sweep; `saga check` reads one snapshot and lists what was parked).
 
@@ -10,6 +10,7 @@ use futures::future::join_all;
 use saga_contracts::docs::{ParkedMessage, collections};
 use saga_contracts::events::wire::{self, EventVersions};
 use saga_contracts::events::{Event, EventBody};
+use saga_contracts::order::Layout;
 use saga_contracts::topology::Function;
 use saga_infra::testing::UnreadableOrder;
 use saga_ops::check::{Mode, check};
@@ -98,14 +99,23 @@ impl Drop for Traffic {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_deploy_in_both_directions_completes_every_saga() {
     let mut app = spawn_app_with(patient_pubsub()).await;
-    let previous = |c: &mut Config| c.event_versions = EventVersions::only(1);
+    // The previous release writes events in version 1 and orders listed; the new build,
+    // pinned, does the same while reading both; unpinned, it writes version 2 and packs.
+    let previous = |c: &mut Config| {
+        c.event_versions = EventVersions::only(1);
+        c.order_layout = Layout::Listed;
+    };
     let pinned = |c: &mut Config| {
         c.event_versions = EventVersions {
             emit: 1,
             accept: wire::CURRENT,
-        }
+        };
+        c.order_layout = Layout::Listed;
     };
-    let current = |c: &mut Config| c.event_versions = EventVersions::default();
+    let current = |c: &mut Config| {
+        c.event_versions = EventVersions::default();
+        c.order_layout = Layout::Packed;
+    };
 
     // Rolling out (docs/evolving.md): the new build writes version 1 until every revision
     // reads version 2. Inventory, behind Cloud Run's traffic routing, still runs the
@@ -124,6 +134,10 @@ async fn a_rolling_deploy_in_both_directions_completes_every_saga() {
     let new = app.revision(Function::Inventory, pinned).await;
     traffic.migrate(&new);
     ids.extend(place_all(&app, 10).await);
+    // Nothing packed while a revision that cannot read it may take traffic.
+    for (id, order) in app.orders().await {
+        assert_eq!(order.layout(), Layout::Listed, "{id}");
+    }
 
     // Every revision reads version 2: the pin is lifted, function by function.
     for function in [
@@ -168,6 +182,8 @@ async fn a_rolling_deploy_in_both_directions_completes_every_saga() {
             written_in(&app, *id, "inventory").await.as_deref(),
             Some("2")
         );
+        let order = app.order_doc(*id).await.expect("the order");
+        assert_eq!(order.layout(), Layout::Packed, "{id}");
     }
     app.assert_invariants().await;
     rollback.stop().await;

@@ -20,6 +20,7 @@ use saga_contracts::docs::collections;
 use saga_contracts::events::{Event, EventBody, OrderDetails, OrderStatus};
 use saga_contracts::order::{Emitted, OrderDoc, StepRecord};
 use saga_contracts::trace::{TRACEPARENT, TraceContext};
+use saga_infra::config::Config;
 use saga_infra::outbox;
 use saga_infra::spans::{Kind, Value};
 use saga_infra::timeline::{self, EntryKind, TimelineEntry};
@@ -263,11 +264,12 @@ fn accepted(
     key: Option<&str>,
     fingerprint: Option<String>,
     trace: &TraceContext,
-    version: u32,
+    config: &Config,
     now: Timestamp,
 ) -> OrderDoc {
     let mut doc = OrderDoc::new(order_id, order, now);
     doc.fingerprint = fingerprint;
+    doc.lay_out(config.order_layout);
     let event = Event::new(
         order_id,
         EventBody::OrderRequested {
@@ -281,7 +283,7 @@ fn accepted(
         outcome: "accepted".to_owned(),
         at: now,
         trace_id: trace.trace_id_hex(),
-        emitted: Some(Emitted::of(&event, version, trace)),
+        emitted: Some(Emitted::of(&event, config.event_versions.emit, trace)),
     });
     doc
 }
@@ -296,17 +298,22 @@ async fn accept(
     let fingerprint = serde_json::to_string(&order).unwrap_or_default();
     let id = order_id.to_string();
     let rt = &app.rt;
-    let version = rt.config.event_versions.emit;
+    let config = rt.config.clone();
     let accepted = rt
         .store
         .transaction("accept order", |mut tx| {
-            let (order, key, fingerprint, id) =
-                (order.clone(), key.clone(), fingerprint.clone(), id.clone());
+            let (order, key, fingerprint, id, config) = (
+                order.clone(),
+                key.clone(),
+                fingerprint.clone(),
+                id.clone(),
+                config.clone(),
+            );
             async move {
                 let now = Timestamp::now();
                 let Some(key) = &key else {
                     // A new id: created without a read, on the condition that it is new.
-                    let doc = accepted(order_id, &order, None, None, &trace, version, now);
+                    let doc = accepted(order_id, &order, None, None, &trace, &config, now);
                     tx.create(collections::ORDERS, &id, &doc)?;
                     return Ok(Accepted::New(Box::new(doc)));
                 };
@@ -325,7 +332,7 @@ async fn accept(
                     Some(key),
                     Some(fingerprint),
                     &trace,
-                    version,
+                    &config,
                     now,
                 );
                 tx.set(collections::ORDERS, &id, &doc)?;
