@@ -493,6 +493,13 @@ mod tests {
         Config::from_vars(Function::Inventory, |k| vars.get(k).cloned())
     }
 
+    /// The cloud's settings and `extra`.
+    fn in_the_cloud(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut vars = CLOUD.to_vec();
+        vars.extend_from_slice(extra);
+        config(&vars)
+    }
+
     #[test]
     fn on_the_emulators_everything_has_a_local_default() {
         let c = config(&[
@@ -641,20 +648,15 @@ mod tests {
 
     #[test]
     fn spans_are_exported_only_to_a_configured_otlp_endpoint_over_http_protobuf() {
-        let with = |extra: &[(&'static str, &'static str)]| {
-            let mut vars = CLOUD.to_vec();
-            vars.extend_from_slice(extra);
-            config(&vars)
-        };
-        assert_eq!(with(&[]).unwrap().otlp, None);
+        assert_eq!(in_the_cloud(&[]).unwrap().otlp, None);
         assert_eq!(
-            with(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
+            in_the_cloud(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
                 .unwrap()
                 .otlp,
             None,
             "a protocol alone exports nothing"
         );
-        let local = with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/")]);
+        let local = in_the_cloud(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/")]);
         assert_eq!(
             local.unwrap().otlp,
             Some(Otlp {
@@ -662,7 +664,7 @@ mod tests {
                 google_auth: false
             })
         );
-        let google = with(&[
+        let google = in_the_cloud(&[
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 "https://telemetry.googleapis.com",
@@ -676,7 +678,7 @@ mod tests {
                 google_auth: true
             })
         );
-        let full = with(&[
+        let full = in_the_cloud(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -692,7 +694,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
         ] {
-            let e = with(&[
+            let e = in_the_cloud(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
                 (name, value),
             ])
@@ -703,25 +705,25 @@ mod tests {
             );
         }
         for bad in ["127.0.0.1:4318", "ftp://collector", "not a url"] {
-            let e = with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
+            let e = in_the_cloud(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
             assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
         }
     }
 
     #[test]
     fn event_versions_speak_the_current_one_unless_told() {
-        let with = |extra: &[(&'static str, &'static str)]| {
-            let mut vars = CLOUD.to_vec();
-            vars.extend_from_slice(extra);
-            config(&vars)
-        };
-        assert_eq!(with(&[]).unwrap().event_versions, EventVersions::default());
         assert_eq!(
-            with(&[("SAGA_EVENT_VERSION", "1")]).unwrap().event_versions,
+            in_the_cloud(&[]).unwrap().event_versions,
+            EventVersions::default()
+        );
+        assert_eq!(
+            in_the_cloud(&[("SAGA_EVENT_VERSION", "1")])
+                .unwrap()
+                .event_versions,
             EventVersions { emit: 1, accept: 1 }
         );
         assert_eq!(
-            with(&[("SAGA_EMIT_EVENT_VERSION", "1")])
+            in_the_cloud(&[("SAGA_EMIT_EVENT_VERSION", "1")])
                 .unwrap()
                 .event_versions,
             EventVersions {
@@ -730,26 +732,21 @@ mod tests {
             }
         );
         for bad in ["0", "99", "two"] {
-            let e = with(&[("SAGA_EVENT_VERSION", bad)]).unwrap_err();
+            let e = in_the_cloud(&[("SAGA_EVENT_VERSION", bad)]).unwrap_err();
             assert!(e.to_string().contains("SAGA_EVENT_VERSION"), "{e}");
         }
     }
 
     #[test]
     fn orders_are_written_packed_unless_pinned_to_the_listed_layout() {
-        let with = |extra: &[(&'static str, &'static str)]| {
-            let mut vars = CLOUD.to_vec();
-            vars.extend_from_slice(extra);
-            config(&vars)
-        };
-        assert_eq!(with(&[]).unwrap().order_layout, Layout::Packed);
+        assert_eq!(in_the_cloud(&[]).unwrap().order_layout, Layout::Packed);
         assert_eq!(
-            with(&[("SAGA_ORDER_LAYOUT", "listed")])
+            in_the_cloud(&[("SAGA_ORDER_LAYOUT", "listed")])
                 .unwrap()
                 .order_layout,
             Layout::Listed
         );
-        let e = with(&[("SAGA_ORDER_LAYOUT", "maps")]).unwrap_err();
+        let e = in_the_cloud(&[("SAGA_ORDER_LAYOUT", "maps")]).unwrap_err();
         assert!(e.to_string().contains("SAGA_ORDER_LAYOUT"), "{e}");
     }
 }
