@@ -11,5 +11,5 @@ pub mod supervisor;
 
 pub use auth::AuthEmulator;
 pub use bootstrap::{Overrides, create_topology, create_topology_with};
-pub use process::{Emulator, EmulatorError, Kind, free_block, free_port, is_ready};
+pub use process::{Emulator, EmulatorError, Heap, Kind, free_block, free_port, is_ready};
 pub use seed::{SeedMode, seed};

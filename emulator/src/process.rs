@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,6 +53,60 @@ impl Kind {
                 host_port,
             ],
         }
+    }
+}
+
+/// An emulator's JVM heap: the JVM's own sizing, which grows and shrinks the heap with what
+/// the emulator holds, or fixed at one size (`-Xms` and `-Xmx` the same), so that how fast
+/// the emulator answers does not change with how much one client made it hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Heap {
+    #[default]
+    Auto,
+    /// A size as the JVM takes it: a number, with `k`, `m` or `g`.
+    Fixed(String),
+}
+
+impl FromStr for Heap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Heap, String> {
+        if s == "auto" {
+            return Ok(Heap::Auto);
+        }
+        let size = s.to_ascii_lowercase();
+        let digits = size.trim_end_matches(['k', 'm', 'g']);
+        let one_unit = size.len() - digits.len() <= 1;
+        match digits.parse::<u64>() {
+            Ok(n) if n > 0 && one_unit => Ok(Heap::Fixed(size)),
+            _ => Err(format!(
+                "{s:?} is not a heap size: `auto`, or a number with k, m or g (e.g. 4g)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Heap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Heap::Auto => f.write_str("auto"),
+            Heap::Fixed(size) => f.write_str(size),
+        }
+    }
+}
+
+impl Heap {
+    /// `JAVA_TOOL_OPTIONS` for the emulator's JVM, on top of the caller's own (`base`): the
+    /// variable every JVM reads, whatever the launcher script gcloud runs passes it.
+    fn java_tool_options(&self, base: Option<&str>) -> Option<String> {
+        let Heap::Fixed(size) = self else {
+            return None;
+        };
+        let flags = format!("-Xms{size} -Xmx{size}");
+        Some(match base {
+            Some(base) if !base.trim().is_empty() => format!("{base} {flags}"),
+            _ => flags,
+        })
     }
 }
 
@@ -119,11 +174,13 @@ while kill -0 "$owner" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5
 stop"#;
 
 impl Emulator {
-    /// Starts the emulator on `host` (`127.0.0.1:PORT`) and waits until it answers.
+    /// Starts the emulator on `host` (`127.0.0.1:PORT`) with `heap`, and waits until it
+    /// answers.
     pub async fn start(
         kind: Kind,
         host: &str,
         project: &str,
+        heap: &Heap,
         log: &Path,
     ) -> Result<Emulator, EmulatorError> {
         if !on_path("gcloud") {
@@ -137,7 +194,8 @@ impl Emulator {
         let err = out.try_clone().map_err(spawn_error)?;
         let child = {
             use std::os::unix::process::CommandExt;
-            Command::new("sh")
+            let mut command = Command::new("sh");
+            command
                 .arg("-c")
                 .arg(WATCHDOG)
                 .arg("saga-emulator-watchdog")
@@ -147,9 +205,12 @@ impl Emulator {
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
-                .process_group(0)
-                .spawn()
-                .map_err(spawn_error)?
+                .process_group(0);
+            let base = std::env::var("JAVA_TOOL_OPTIONS").ok();
+            if let Some(options) = heap.java_tool_options(base.as_deref()) {
+                command.env("JAVA_TOOL_OPTIONS", options);
+            }
+            command.spawn().map_err(spawn_error)?
         };
         let mut emulator = Emulator {
             kind,
@@ -286,4 +347,37 @@ pub fn signal(pid: u32, signal: &str) -> std::io::Result<bool> {
         .stderr(Stdio::null())
         .status()
         .map(|status| status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Heap;
+
+    #[test]
+    fn a_heap_is_auto_or_a_size_the_jvm_takes() {
+        assert_eq!("auto".parse(), Ok(Heap::Auto));
+        assert_eq!("4g".parse(), Ok(Heap::Fixed("4g".into())));
+        assert_eq!("512M".parse(), Ok(Heap::Fixed("512m".into())));
+        assert_eq!("1048576".parse(), Ok(Heap::Fixed("1048576".into())));
+        for bad in ["", "g", "0g", "4gb", "-4g", "4 g", "four"] {
+            let refused = bad.parse::<Heap>().expect_err(bad);
+            assert!(refused.contains("not a heap size"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_fixed_heap_sets_both_bounds_after_the_caller_s_own_options() {
+        let fixed = Heap::Fixed("4g".into());
+        assert_eq!(
+            fixed.java_tool_options(None).as_deref(),
+            Some("-Xms4g -Xmx4g")
+        );
+        assert_eq!(
+            fixed.java_tool_options(Some("-Dx=1")).as_deref(),
+            Some("-Dx=1 -Xms4g -Xmx4g")
+        );
+        assert_eq!(Heap::Auto.java_tool_options(Some("-Dx=1")), None);
+        assert_eq!(fixed.to_string(), "4g");
+        assert_eq!(Heap::Auto.to_string(), "auto");
+    }
 }

@@ -81,6 +81,10 @@ pub struct UpArgs {
     /// the function's default (5, and 20 at once) if not given.
     #[arg(long, value_name = "PER_SECOND")]
     pub post_rate: Option<f64>,
+    /// Each emulator's JVM heap: `auto` (the JVM's own sizing) or fixed at SIZE (`-Xms` and
+    /// `-Xmx`, e.g. `4g`), added to `JAVA_TOOL_OPTIONS`.
+    #[arg(long, value_name = "SIZE", default_value = "auto")]
+    pub emulator_heap: crate::process::Heap,
 }
 
 impl UpArgs {
@@ -102,6 +106,7 @@ impl UpArgs {
             auth_port: 0,
             control_port: 0,
             post_rate: None,
+            emulator_heap: crate::process::Heap::Auto,
         }
     }
 }
@@ -333,7 +338,7 @@ async fn emulator(kind: Kind, host: &str, args: &UpArgs) -> Result<Option<Emulat
         Kind::Firestore => "firestore-emulator.log",
     });
     Ok(Some(
-        Emulator::start(kind, host, &args.project, &log).await?,
+        Emulator::start(kind, host, &args.project, &args.emulator_heap, &log).await?,
     ))
 }
 

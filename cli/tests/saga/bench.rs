@@ -41,6 +41,10 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
             "5",
             "--sweep-interval",
             "7",
+            "--passes",
+            "4",
+            "--emulator-heap",
+            "1g",
         ])
         .arg("--functions-from")
         .arg(&bin)
@@ -117,7 +121,7 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
     );
     // The floor: 20 trivial orders of 4 transactions and 3 push hops each, after 5 of its
     // own to warm up, as the saga's 20 came after 5 spread orders; both sides measured in
-    // two passes of 10, taking turns, each pooled over its two.
+    // four passes of 5, taking turns, each pooled over its four.
     let floor = &result["floor"];
     for (side, line) in [(&result, "  orders/s "), (floor, "  floor ")] {
         let passes: Vec<f64> = side["passes"]
@@ -126,9 +130,12 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
             .iter()
             .map(|p| p.as_f64().unwrap())
             .collect();
-        assert_eq!(passes.len(), 2, "{side}");
+        assert_eq!(passes.len(), 4, "{side}");
         assert!(passes.iter().all(|p| *p > 0.0), "{side}");
-        let said = format!("passes {} and {}", passes[0], passes[1]);
+        let said = format!(
+            "passes {}, {}, {} and {}",
+            passes[0], passes[1], passes[2], passes[3]
+        );
         assert!(
             stdout
                 .lines()
@@ -239,6 +246,24 @@ async fn saga_bench_drives_orders_and_reports_results_with_the_invariants_checke
         !emulator_log.contains("not found"),
         "the emulator logged NOT_FOUND errors:\n{emulator_log}"
     );
+    // Both emulators' JVMs ran with the heap the run asked for, fixed, as it says.
+    assert_eq!(result["emulator_heap"], "1g", "{result}");
+    assert!(
+        stdout.contains("emulators' heap    fixed at 1g each"),
+        "{stdout}"
+    );
+    for log in ["firestore-emulator.log", "pubsub-emulator.log"] {
+        let log = std::fs::read_to_string(
+            std::path::Path::new(crate::helpers::WORKSPACE)
+                .join("target/bench/logs")
+                .join(log),
+        )
+        .unwrap();
+        assert!(
+            log.contains("Picked up JAVA_TOOL_OPTIONS:") && log.contains("-Xms1g -Xmx1g"),
+            "{log}"
+        );
+    }
     // Each function sweeps on the interval it was given.
     let order_log = std::fs::read_to_string(
         std::path::Path::new(crate::helpers::WORKSPACE).join("target/bench/logs/order.log"),

@@ -10,7 +10,7 @@ use saga_contracts::docs::{ItemDoc, UserDoc, collections};
 use saga_contracts::events::Event;
 use saga_contracts::order::{OrderDoc, StepRecord};
 use saga_contracts::topology::Function;
-use saga_emulator::{AuthEmulator, Emulator, Kind, Overrides, SeedMode};
+use saga_emulator::{AuthEmulator, Emulator, Heap, Kind, Overrides, SeedMode};
 use saga_infra::config::{Config, FirebaseAuth, Limits, UserAuth};
 use saga_infra::runtime::{Runtime, Server};
 use saga_infra::store::Store;
@@ -72,11 +72,18 @@ pub async fn hosts() -> &'static Hosts {
             let (pubsub_host, firestore_host) = (host(), host());
             let (pubsub_log, firestore_log) = (dir.join("pubsub.log"), dir.join("firestore.log"));
             let (pubsub, firestore) = tokio::join!(
-                Emulator::start(Kind::PubSub, &pubsub_host, "saga-tests", &pubsub_log),
+                Emulator::start(
+                    Kind::PubSub,
+                    &pubsub_host,
+                    "saga-tests",
+                    &Heap::Auto,
+                    &pubsub_log
+                ),
                 Emulator::start(
                     Kind::Firestore,
                     &firestore_host,
                     "saga-tests",
+                    &Heap::Auto,
                     &firestore_log
                 ),
             );

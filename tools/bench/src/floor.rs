@@ -11,7 +11,7 @@
 //!
 //! The chain and the transactions run together, as in the saga, so they compete for the same
 //! CPU as they do in a real run; the saga's orders/s is then reported as a ratio to this,
-//! both measured in two passes, taking turns ([`Rig`]).
+//! both measured in passes, taking turns ([`Rig`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -214,12 +214,13 @@ fn other(e: impl std::fmt::Display) -> BenchError {
 
 /// The floor, set up and warmed up, and what its measured passes took, pooled.
 ///
-/// It is measured in two passes of half the count, each before one of the saga's two
-/// (floor, saga, floor, saga), and each side is pooled over its two: the emulators' push
-/// loops settle into phases that hold for a whole pass and differ from one pass to the next
-/// (two passes of the floor in one run have differed by up to 20 %, and a saga pass has
-/// locked into step with the loops' sleeps at 69 % of the floor), and the emulators keep
-/// warming up through a run, so one pass on each side made the ratio a draw.
+/// It is measured in `--passes` passes (four by default) of an even share of the count, each
+/// before one of the saga's (floor, saga, floor, saga, ...), and each side is pooled over
+/// its passes: the emulators' push loops settle into phases that hold for a whole pass and
+/// differ from one pass to the next (two passes of the floor in one run have differed by up
+/// to 20 %, and a saga pass has locked into step with the loops' sleeps at 69 % of the
+/// floor), and the emulators keep warming up through a run, so one pass on each side made
+/// the ratio a draw.
 pub struct Rig {
     floor: Floorer,
     /// Stopped with the rig, also when the floor fails early.

@@ -33,9 +33,19 @@ pub struct BenchArgs {
     pub shards: u32,
     /// Also measure the floor: a trivial saga of the order's shape (bare transactions and
     /// publishes, push hops between them) on the same emulators. The two are then measured
-    /// in turns, two passes of half the orders each (floor, saga, floor, saga).
+    /// in turns, `--passes` passes each (floor, saga, floor, saga, ...).
     #[arg(long)]
     pub floor: bool,
+    /// With `--floor`, how many passes each side's orders are measured in, taking turns:
+    /// the emulator's push loops fall into phases that hold for a pass, so each side's
+    /// figure pools that many draws of them.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub passes: u16,
+    /// Each emulator's JVM heap, fixed (`-Xms` and `-Xmx`, e.g. `4g`), or `auto` for the
+    /// JVM's own sizing, which grows and shrinks the heap with what the emulator holds
+    /// (see `saga up --emulator-heap`).
+    #[arg(long, value_name = "SIZE", default_value = "4g")]
+    pub emulator_heap: saga_emulator::process::Heap,
     /// Run each function from its own binary in DIR, as deployed, instead of `saga serve`
     /// (see `saga up --functions-from`).
     #[arg(long, value_name = "DIR")]
@@ -184,7 +194,7 @@ pub struct Floor {
     /// publish, 3 push hops between them) with none of its logic, same count and concurrency.
     pub orders_per_s: f64,
     /// Each measured pass's trivial orders a second, in the order they ran, each before one
-    /// of the saga's two passes ([`crate::floor::Rig`]); `orders_per_s` pools them. Empty in
+    /// of the saga's passes ([`crate::floor::Rig`]); `orders_per_s` pools them. Empty in
     /// results recorded when the floor ran once, after the saga.
     #[serde(default)]
     pub passes: Vec<f64>,
@@ -224,8 +234,8 @@ pub struct BenchResult {
     pub command: String,
     pub seconds: f64,
     pub orders_per_s: f64,
-    /// With the floor, each of the two passes' orders a second (the orders are measured in
-    /// two passes, each after one of the floor's); `orders_per_s` pools them. Empty without
+    /// With the floor, each pass's orders a second (the orders are measured in `--passes`
+    /// passes, each after one of the floor's); `orders_per_s` pools them. Empty without
     /// the floor, and in results recorded before.
     #[serde(default)]
     pub passes: Vec<f64>,
@@ -245,6 +255,10 @@ pub struct BenchResult {
     /// What ran the functions: `saga serve`, or the per-function binaries.
     #[serde(default)]
     pub binaries: String,
+    /// The emulators' JVM heap (`--emulator-heap`): `auto`, or the size it was fixed at.
+    /// Empty in results recorded before the bench fixed it (the JVM's own sizing).
+    #[serde(default)]
+    pub emulator_heap: String,
     pub emulators: BTreeMap<String, ProcessUse>,
     /// Orders placed before the measured ones (warm-up), not counted in any figure (the
     /// peak RSS is reset after them, where Linux allows it).

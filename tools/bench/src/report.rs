@@ -95,12 +95,18 @@ pub fn histogram(r: &BenchResult) -> String {
 }
 
 /// The result as a table.
-/// Two passes' orders a second as the report says them ("passes 63.2 and 60.8"); nothing
-/// for a run measured in one pass.
+/// The passes' orders a second as the report says them ("passes 63.2 and 60.8", "passes
+/// 63.2, 60.8 and 71.2"); nothing for a run measured in one pass.
 fn passes(passes: &[f64]) -> Option<String> {
     match passes {
-        [first, second] => Some(format!("passes {first} and {second}")),
-        _ => None,
+        [] | [_] => None,
+        [rest @ .., last] => Some(format!(
+            "passes {} and {last}",
+            rest.iter()
+                .map(f64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -160,6 +166,13 @@ pub fn table(r: &BenchResult) -> String {
     }
     if !r.binaries.is_empty() {
         t.push_str(&format!("  functions run as   {}\n", r.binaries));
+    }
+    match r.emulator_heap.as_str() {
+        "" => {}
+        "auto" => t.push_str("  emulators' heap    the JVM's own sizing\n"),
+        size => t.push_str(&format!(
+            "  emulators' heap    fixed at {size} each (-Xms{size} -Xmx{size})\n"
+        )),
     }
     for (name, p) in &r.functions {
         t.push_str(&format!(
@@ -247,8 +260,14 @@ pub fn report(dir: &Path) -> Result<String, BenchError> {
             )
         });
         let with_passes = |rate: f64, passes: &[f64]| match passes {
-            [first, second] => format!("{rate} ({first}, {second})"),
-            _ => rate.to_string(),
+            [] | [_] => rate.to_string(),
+            all => format!(
+                "{rate} ({})",
+                all.iter()
+                    .map(f64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         md.push_str(&format!(
             "| `{}` | {} | {} ms | {} ms | {} ms | {} / {} | {} | {} | {ops} | {usd} |\n",
@@ -299,11 +318,16 @@ mod tests {
     }
 
     #[test]
-    fn a_run_measured_in_two_passes_gives_both_and_one_in_one_pass_none() {
+    fn a_run_measured_in_passes_gives_each_and_one_in_one_pass_none() {
         assert_eq!(
             passes(&[63.2, 60.8]).as_deref(),
             Some("passes 63.2 and 60.8")
         );
+        assert_eq!(
+            passes(&[63.2, 60.8, 71.2, 64.7]).as_deref(),
+            Some("passes 63.2, 60.8, 71.2 and 64.7")
+        );
         assert_eq!(passes(&[]), None);
+        assert_eq!(passes(&[63.2]), None);
     }
 }

@@ -106,6 +106,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         // The bench is one client placing every order: it raises the per-client limit for
         // itself (a million orders a second, a million at once).
         post_rate: Some(BENCH_POST_RATE),
+        emulator_heap: args.emulator_heap.clone(),
         ..UpArgs::for_tool(project, "target/bench/logs", ports)
     };
     let stack = Stack::start(&up).await?;
@@ -211,8 +212,8 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
     let logs = crate::bounds::LogMarks::now(&stack.logs);
     let meters_before = meters(stack).await?;
 
-    // With the floor, the orders are measured in two passes, each after a pass of the
-    // floor's (floor, saga, floor, saga), so that neither side is one draw of the push
+    // With the floor, the orders are measured in `--passes` passes, each after a pass of
+    // the floor's (floor, saga, floor, saga, ...), so that neither side is one draw of the push
     // loops' phases ([`crate::floor::Rig`]); the CPU is counted over the saga's passes only.
     let mut cpu = [
         procfs::Ticks::of(pids.values().map(|p| vec![*p]).collect()),
@@ -220,7 +221,12 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
         procfs::Ticks::of(vec![vec![std::process::id()]]),
     ];
     let mut drives: Vec<Drive> = Vec::new();
-    for orders in passes(args.count, if floor.is_some() { 2 } else { 1 }) {
+    let turns = if floor.is_some() {
+        usize::from(args.passes)
+    } else {
+        1
+    };
+    for orders in passes(args.count, turns) {
         if let Some(rig) = &mut floor {
             rig.measure(orders.clone(), args).await?;
         }
@@ -275,6 +281,7 @@ async fn run(args: &BenchArgs, stack: &Stack) -> Result<BenchResult, BenchError>
             .collect(),
         hops: timings.hops,
         binaries: stack.launcher.describe(),
+        emulator_heap: args.emulator_heap.to_string(),
         warmup: args.warmup,
         think_ms: args.think_ms,
         contention: Some(logged.contention),
