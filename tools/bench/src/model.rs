@@ -36,9 +36,9 @@ pub struct BenchArgs {
     /// in turns, `--passes` passes each (floor, saga, floor, saga, ...).
     #[arg(long)]
     pub floor: bool,
-    /// With `--floor`, how many passes each side's orders are measured in, taking turns:
-    /// the emulator's push loops fall into phases that hold for a pass, so each side's
-    /// figure pools that many draws of them.
+    /// With `--floor`, how many passes each side's orders are measured in, taking turns
+    /// (each side's figure pools that many draws of the emulator's push-loop phases and of
+    /// its warming up; docs/benchmarks.md says what they average and what they cannot).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub passes: u16,
     /// Each emulator's JVM heap, fixed (`-Xms` and `-Xmx`, e.g. `4g`), or `auto` for the

@@ -94,22 +94,25 @@ pub fn histogram(r: &BenchResult) -> String {
     svg
 }
 
-/// The result as a table.
 /// The passes' orders a second as the report says them ("passes 63.2 and 60.8", "passes
 /// 63.2, 60.8 and 71.2"); nothing for a run measured in one pass.
 fn passes(passes: &[f64]) -> Option<String> {
     match passes {
         [] | [_] => None,
-        [rest @ .., last] => Some(format!(
-            "passes {} and {last}",
-            rest.iter()
-                .map(f64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        [rest @ .., last] => Some(format!("passes {} and {last}", listed(rest))),
     }
 }
 
+/// Figures as a list: "63.2, 60.8".
+fn listed(figures: &[f64]) -> String {
+    figures
+        .iter()
+        .map(f64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The result as a table.
 pub fn table(r: &BenchResult) -> String {
     let mut t = String::new();
     let l = |x: &Latency| {
@@ -261,13 +264,7 @@ pub fn report(dir: &Path) -> Result<String, BenchError> {
         });
         let with_passes = |rate: f64, passes: &[f64]| match passes {
             [] | [_] => rate.to_string(),
-            all => format!(
-                "{rate} ({})",
-                all.iter()
-                    .map(f64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            all => format!("{rate} ({})", listed(all)),
         };
         md.push_str(&format!(
             "| `{}` | {} | {} ms | {} ms | {} ms | {} / {} | {} | {} | {ops} | {usd} |\n",
